@@ -1,0 +1,91 @@
+"""The exception hierarchy of qcc. Every user-facing failure raises a subclass of `QccError`.
+
+The CLI prints `error: <message>` in one line and exits non-zero for any of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class QccError(Exception):
+    """Base class of every error qcc raises on purpose."""
+
+    exit_code = 1
+
+
+class ModelLoadError(QccError):
+    """A model file or object could not be read: missing, truncated, corrupt, or of an unknown kind."""
+
+    exit_code = 3
+
+
+class UnsupportedOperatorError(QccError):
+    """The model uses operators qcc cannot import. Lists every unsupported (op, node) at once."""
+
+    exit_code = 4
+
+    def __init__(self, unsupported: Sequence[tuple[str, str]], model: str = "model") -> None:
+        self.unsupported = list(unsupported)
+        self.model = model
+        ops = sorted({op for op, _ in self.unsupported})
+        where = ", ".join(f"{op} (node {node!r})" for op, node in self.unsupported[:20])
+        more = f" and {len(self.unsupported) - 20} more" if len(self.unsupported) > 20 else ""
+        super().__init__(
+            f"{model}: {len(self.unsupported)} unsupported operator node(s) of {len(ops)} kind(s) "
+            f"[{', '.join(ops)}]: {where}{more}"
+        )
+
+
+class ShapeMismatchError(QccError, ValueError):
+    """An input has the wrong shape or dtype, at compile or call time; names the input and what was expected."""
+
+    exit_code = 5
+
+
+class TargetError(QccError, ValueError):
+    """An unknown target string or a target option it does not accept."""
+
+    exit_code = 6
+
+
+class OptionError(QccError, ValueError):
+    """An unknown or invalid compile option."""
+
+    exit_code = 6
+
+
+class VerificationError(QccError):
+    """The IR is malformed (a type rule fails, a value is used before definition, ...)."""
+
+    exit_code = 7
+
+
+class PassError(QccError):
+    """A pass failed; the message names it and the passes that ran before it."""
+
+    exit_code = 8
+
+
+class BackendError(QccError):
+    """Code generation or building failed in a backend."""
+
+    exit_code = 9
+
+
+class LibraryLoadError(QccError):
+    """A compiled library cannot be loaded: missing, corrupt, built for another target, or a newer format."""
+
+    exit_code = 10
+
+
+class IRParseError(QccError, ValueError):
+    """The textual IR could not be parsed; names the line."""
+
+    exit_code = 7
+
+
+class InfeasibleBudgetError(QccError):
+    """A resource budget cannot be met; states the smallest achievable value."""
+
+    exit_code = 11
