@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from qcc.ir.types import TensorType
 
 # An attribute value: frozen, printable scalars and tuples.
@@ -105,7 +104,7 @@ class Graph:
         return v
 
     def add_param(self, array: np.ndarray, name: str) -> Value:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d
         v = Value(TensorType.of(array), name)
         self.params[v] = array
         return v

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from qcc.ir.ops.registry import REQUIRED, broadcast_shapes, check, register, same_type
 from qcc.ir.types import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 
@@ -168,5 +167,5 @@ def _where_type(ts: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[Tens
     return [ts[1].with_shape(broadcast_shapes(ts[0].shape, ts[1].shape, ts[2].shape))]
 
 
-register("where", _where_type, lambda c, a, b: np.where(c, a, b).astype(a.dtype),
+register("where", _where_type, lambda c, a, b: np.asarray(np.where(c, a, b)).astype(a.dtype),
          num_inputs=(3, 3), traits=("elementwise",))

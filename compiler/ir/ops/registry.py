@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from qcc.errors import VerificationError
 from qcc.ir.types import TensorType
 
@@ -88,8 +87,8 @@ def infer_types(op_name: str, in_types: Sequence[TensorType], attrs: Mapping[str
     full = complete_attrs(op, attrs, where)
     try:
         return list(op.infer(list(in_types), full))
-    except VerificationError:
-        raise
+    except VerificationError as e:  # from check(): add the node and op it is about
+        raise VerificationError(f"{where}{op_name}: {e}") from None
     except Exception as e:  # type rules raise plain errors; give them context
         shapes = ", ".join(f"{t.dtype}{list(t.shape)}" for t in in_types)
         raise VerificationError(f"{where}{op_name}({shapes}) {full}: {e}") from e

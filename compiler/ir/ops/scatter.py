@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from qcc.ir.ops.registry import REQUIRED, check, register
 from qcc.ir.types import INT_DTYPES, TensorType
 
@@ -58,7 +57,7 @@ def _scatter_elements_type(ts: Sequence[TensorType], attrs: Mapping[str, Any]) -
 
 def _scatter_elements(x: np.ndarray, idx: np.ndarray, upd: np.ndarray, axis: int, reduction: str) -> np.ndarray:
     out = x.copy()
-    full = list(np.indices(idx.shape, sparse=True))
+    full: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
     full[axis] = _wrap(idx, x.shape[axis])
     target = tuple(full)
     if reduction == "none":
@@ -105,7 +104,7 @@ def _index_reduce(x: np.ndarray, idx: np.ndarray, src: np.ndarray, axis: int, re
     if reduce == "mean":
         counts = np.bincount(idx, minlength=xm.shape[0]).astype(acc_dt) + (1 if include_self else 0)
         counts = np.maximum(counts, 1).reshape((-1,) + (1,) * (out.ndim - 1))
-        out = np.where(touched.reshape(counts.shape), out / counts if acc_dt is np.float64 else out // counts, out)
+        out = np.where(touched.reshape(counts.shape), out / counts if acc_dt is np.float64 else np.floor_divide(out, counts), out)
     return np.moveaxis(out.astype(x.dtype), 0, axis)
 
 

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from qcc.ir.ops.registry import REQUIRED, check, register
 from qcc.ir.types import TensorType
 
@@ -143,7 +142,7 @@ def _pad(x: np.ndarray, pads: tuple[int, ...], mode: str, value: float) -> np.nd
     width = [(max(pads[i], 0), max(pads[i + r], 0)) for i in range(r)]
     if mode == "constant":
         return np.pad(x, width, mode="constant", constant_values=np.asarray(value).astype(x.dtype))
-    return np.pad(x, width, mode=mode)
+    return np.pad(x, width, mode=mode)  # type: ignore[call-overload]
 
 
 register("pad", _pad_type, _pad, attrs={"pads": REQUIRED, "mode": "constant", "value": 0.0}, traits=SHAPE)
