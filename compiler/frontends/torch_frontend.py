@@ -54,7 +54,10 @@ def _as_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)):
         raise ModelLoadError(f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}")
-    return tuple(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    # Contiguous copies: a strided (e.g. channels-last) example would make torch.export record
+    # layout-specific ops such as as_strided that describe the example, not the model.
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray)
+                 else x.clone(memory_format=torch.contiguous_format) if isinstance(x, torch.Tensor) else x
                  for x in example_inputs)
 
 
