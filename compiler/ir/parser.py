@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from qcc.errors import IRParseError
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.ops import infer_types

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.graph import Graph, Value
 from qcc.ir.types import QuantParams, TensorType
 

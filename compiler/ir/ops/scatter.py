@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.ops.registry import REQUIRED, check, register
 from qcc.ir.types import INT_DTYPES, TensorType
 
@@ -104,7 +105,8 @@ def _index_reduce(x: np.ndarray, idx: np.ndarray, src: np.ndarray, axis: int, re
     if reduce == "mean":
         counts = np.bincount(idx, minlength=xm.shape[0]).astype(acc_dt) + (1 if include_self else 0)
         counts = np.maximum(counts, 1).reshape((-1,) + (1,) * (out.ndim - 1))
-        out = np.where(touched.reshape(counts.shape), out / counts if acc_dt is np.float64 else np.floor_divide(out, counts), out)
+        mean = out / counts if acc_dt is np.float64 else np.floor_divide(out, counts)
+        out = np.where(touched.reshape(counts.shape), mean, out)
     return np.moveaxis(out.astype(x.dtype), 0, axis)
 
 
