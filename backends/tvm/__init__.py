@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Thread-pool environment defaults (spin count, no core pinning) before any TVM pool can start; no TVM import.
+from qcc.backends.tvm import runtime as _runtime  # noqa: F401
+
 if TYPE_CHECKING:
     from qcc.backends.tvm.build import build
     from qcc.backends.tvm.executable import TVMExecutable

@@ -1,0 +1,93 @@
+"""Build a qcc Graph with TVM: lower to Relax, run qcc's Relax pipeline, compile to a VM executable.
+
+The pipeline is TVM's default Relax pipeline for the target (cpu_generic / cuda) with two differences:
+qcc's kernels keep their origin through fusion (`RecordFusedOps` / `TagFusedOps`) and the schedule registry
+(`qcc.backends.tvm.schedules`) runs where TVM would apply dlight. CPU builds target the host CPU (features
+detected, see `host.py`); CUDA builds compile to PTX with nvcc and need no GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from qcc.backends.tvm import host
+from qcc.backends.tvm import runtime as _runtime  # noqa: F401  (thread-pool environment defaults)
+from qcc.backends.tvm.executable import TVMExecutable, io_specs
+from qcc.backends.tvm.lower import lower
+from qcc.backends.tvm.schedules import RecordFusedOps, TagFusedOps, kernel_ops, schedule_passes
+from qcc.errors import BackendError, QccError
+from qcc.ir.graph import Graph
+from qcc.target import Target
+
+
+def make_tvm_target(tdict: dict[str, Any]) -> tvm.target.Target:
+    """A tvm Target from qcc's JSON target dict (`host` nested for GPU targets)."""
+    spec = dict(tdict)
+    host_spec = spec.pop("host", None)
+    try:
+        return tvm.target.Target(spec, host=host_spec) if host_spec else tvm.target.Target(spec)
+    except Exception as e:
+        raise BackendError(f"TVM rejected target {tdict}: {e}") from e
+
+
+def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = None) -> tvm.transform.Pass:
+    """qcc's Relax pipeline for `target`; fills `report["kernels"]` with the kernel -> ops table."""
+    if target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline as backend
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline as backend
+
+    @tvm.transform.module_pass(opt_level=0, name="qcc.RelaxPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        fused: dict[str, tuple[list[str], str]] = {}
+        with target:
+            mod = tvm.transform.Sequential(
+                backend.library_dispatch_passes(target)
+                + [
+                    relax.transform.LegalizeOps(),
+                    relax.transform.AnnotateTIROpPattern(),
+                    relax.transform.FoldConstant(),
+                    relax.transform.FuseOps(),
+                    RecordFusedOps(fused),
+                    relax.transform.FuseTIR(),
+                    TagFusedOps(fused),
+                ]
+                + schedule_passes(target)
+            )(mod)
+            if report is not None:
+                report["kernels"] = kernel_ops(mod)
+            mod = tvm.transform.Sequential(backend.dataflow_lower_passes(target)
+                                           + backend.finalize_passes(target))(mod)
+        return mod
+
+    return _pipeline
+
+
+def build(graph: Graph, target: Target | str) -> TVMExecutable:
+    """Compile `graph` for a cpu or cuda qcc target; fp16 targets compute f32 values in float16."""
+    target = target if isinstance(target, Target) else Target(target)
+    if target.device not in ("cpu", "cuda"):
+        raise BackendError(f"the TVM backend builds for cpu and cuda targets, not {target.name!r}")
+    tdict = host.target_dict(target)
+    tvm_target = make_tvm_target(tdict)
+    report: dict[str, Any] = {}
+    try:
+        with tvm_target:  # GPU TOPI kernels read the current target (thread limits)
+            lowered = lower(graph, device=target.device, float16=target.precision == "fp16")
+        with tvm.transform.PassContext(opt_level=3):
+            ex = tvm.compile(lowered.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
+    except QccError:
+        raise
+    except Exception as e:
+        raise BackendError(f"TVM build of graph {graph.name!r} for {target} failed: {type(e).__name__}: "
+                           f"{_first_lines(str(e))}") from e
+    inputs, outputs = io_specs(graph)
+    return TVMExecutable(ex, target, tdict, inputs, outputs, kernels=report.get("kernels", {}))
+
+
+def _first_lines(text: str, n: int = 12) -> str:
+    lines = text.strip().splitlines()
+    return "\n".join(lines[:n]) + ("\n..." if len(lines) > n else "")
