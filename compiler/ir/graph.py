@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.types import TensorType
 
 # An attribute value: frozen, printable scalars and tuples.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from qcc.errors import VerificationError
 from qcc.ir.graph import Graph, Value
 from qcc.ir.ops import OPS, infer_types

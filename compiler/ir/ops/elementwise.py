@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.ops.registry import REQUIRED, broadcast_shapes, check, register, same_type
 from qcc.ir.types import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.ops.registry import REQUIRED, check, register, same_type
 from qcc.ir.types import FLOAT_DTYPES, TensorType
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.ir.ops.nn import _windows, conv_out_size
 from qcc.ir.ops.registry import REQUIRED, check, register
 from qcc.ir.types import TensorType
