@@ -89,3 +89,9 @@ class InfeasibleBudgetError(QccError):
     """A resource budget cannot be met; states the smallest achievable value."""
 
     exit_code = 11
+
+
+class CalibrationError(QccError, ValueError):
+    """Calibration data cannot be used: an empty set, a batch of the wrong shape or dtype, NaN or inf values."""
+
+    exit_code = 12

@@ -21,10 +21,12 @@ from qcc.passes.canonicalize import Canonicalize
 from qcc.passes.constant_folding import ConstantFolding
 from qcc.passes.dead_code_elimination import DeadCodeElimination
 from qcc.passes.fold_batchnorm import FoldBatchNorm
+from qcc.passes.quant import Calibrate, CheckIntegerOnly, Quantize, RealizeInteger
 
 PASSES: dict[str, type] = {
     cls.name: cls
-    for cls in (ConstantFolding, DeadCodeElimination, Canonicalize, FoldBatchNorm)
+    for cls in (ConstantFolding, DeadCodeElimination, Canonicalize, FoldBatchNorm,
+                Calibrate, Quantize, RealizeInteger, CheckIntegerOnly)
 }
 
 
@@ -67,4 +69,5 @@ def get_pass(name: str, **options: Any) -> Pass:
     return cls(**kwargs)  # type: ignore[no-any-return]
 
 
-__all__ = ["PASSES", "Canonicalize", "ConstantFolding", "DeadCodeElimination", "FoldBatchNorm", "get_pass"]
+__all__ = ["PASSES", "Calibrate", "Canonicalize", "CheckIntegerOnly", "ConstantFolding", "DeadCodeElimination",
+           "FoldBatchNorm", "Quantize", "RealizeInteger", "get_pass"]

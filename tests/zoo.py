@@ -405,6 +405,73 @@ def accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray) -> float:
     return float((pred == np.asarray(labels)).mean())
 
 
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block: multi-head softmax attention written with matmul / softmax, and a GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(dim, mlp), nn.Linear(mlp, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        h = self.ln1(x)
+        split = lambda t: t.reshape(b, s, self.heads, self.dh).transpose(1, 2)  # [b, heads, s, dh]
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / self.dh**0.5), dim=-1)
+        x = x + self.o(torch.matmul(att, v).transpose(1, 2).reshape(b, s, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class DigitsViT(nn.Module):
+    """A small ViT-style encoder for 1×8×8 digits: ``patch``×``patch`` patches (16 tokens of 2×2 pixels by default)
+    by reshape/transpose, a linear patch embedding plus learned position embeddings, ``depth`` pre-LN blocks
+    (LayerNorm, softmax attention, GELU MLP), a final LayerNorm, mean pooling over tokens and a linear classifier."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, mlp: int = 64, patch: int = 2):
+        super().__init__()
+        self.patch, self.grid = patch, 8 // patch
+        self.embed = nn.Linear(patch * patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, mlp) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, g = x.shape[0], self.patch, self.grid
+        x = x.reshape(b, 1, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, p * p)
+        x = self.embed(x) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(1))
+
+
+def digits_vit() -> nn.Module:
+    """An untrained ``DigitsViT`` (seeded)."""
+    torch.manual_seed(0)
+    return DigitsViT()
+
+
+def train_digits_vit(epochs: int = 40, seed: int = 0, batch: int = 64) -> nn.Module:
+    """Train ``digits_vit`` with AdamW on the digits training split (seconds on 2 cores); returns it in eval mode."""
+    xtr, ytr, _, _ = digits_data()
+    model = digits_vit().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-2)
+    steps = epochs * -(-len(xtr) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=steps)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(batch):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------------------------------------------- zoo
 
 Factory = Callable[[], nn.Module]

@@ -18,8 +18,10 @@ def test_pass_is_named_like_its_file_and_test(name):
     cls = PASSES[name]
     module = name.replace("-", "_")
     assert cls.name == name
-    assert cls.__module__ == f"qcc.passes.{module}"
-    assert (TESTS / f"test_{module}.py").is_file(), f"no tests/passes/test_{module}.py"
+    # A pass lives in qcc.passes.<module> or in a sub-package qcc.passes.<package>.<module>, tested alike.
+    package = cls.__module__.removeprefix("qcc.passes.").removesuffix(module).rstrip(".")
+    assert cls.__module__ == ".".join(p for p in ("qcc.passes", package, module) if p)
+    assert (TESTS / package / f"test_{module}.py").is_file(), f"no tests/passes/{package}/test_{module}.py"
     assert cls.__doc__ and importlib.import_module(cls.__module__).__doc__
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
     assert callable(cls().run)
