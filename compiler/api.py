@@ -16,11 +16,11 @@ from qcc.interpreter import bind_inputs
 from qcc.ir.graph import Graph
 from qcc.ir.pass_manager import PassContext
 from qcc.ir.printer import print_graph
-from qcc.pipeline import build, load_executable, optimize
+from qcc.pipeline import QUANT_OPTIONS, build, load_executable, optimize
 from qcc.target import OPTIONS, Target
 
 # Compile options that are not target options (target options are listed in qcc.target.OPTIONS).
-COMPILE_OPTIONS = ("input_shapes", "print_after_all", "print_after", "dump_dir", "verify", "out")
+COMPILE_OPTIONS = ("input_shapes", "print_after_all", "print_after", "dump_dir", "verify", "out", *QUANT_OPTIONS)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -34,7 +34,7 @@ class CompiledModel:
 
     def __init__(self, executable: Any, target: Target, ir: str, input_names: Sequence[str],
                  graph: Graph | None = None, timings: Mapping[str, float] | None = None,
-                 source: str = "", imported_ops: Mapping[str, int] | None = None) -> None:
+                 source: str = "", imported_ops: Mapping[str, int] | None = None, quant_report: Any = None) -> None:
         self._exe = executable
         self.target = target
         self.ir = ir
@@ -43,6 +43,9 @@ class CompiledModel:
         self.pass_timings = dict(timings or {})
         self.source = source
         self.imported_ops = dict(imported_ops or {})
+        self.quant_report = quant_report  # a QuantReport after compile; its text after load
+        self.quant_text: str | None = quant_report if isinstance(quant_report, str) else (
+            quant_report.text() if quant_report is not None else None)
 
     def __call__(self, *inputs: Any, **named: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run on inputs given by position or by input name; one output → an array, several → a tuple."""
@@ -79,7 +82,7 @@ class CompiledModel:
     def export_library(self, path: str | os.PathLike[str]) -> None:
         """Write the shared library and its qcc metadata (atomically); `qcc.load(path)` reads it back."""
         self._exe.export_library(os.fspath(path), {"ir": self.ir, "input_names": self.input_names,
-                                                    "source": self.source})
+                                                    "source": self.source, "quant_report": self.quant_text})
 
     def report(self) -> str:
         """A human-readable summary: target, ops, per-pass timings."""
@@ -94,7 +97,12 @@ class CompiledModel:
             lines.append(f"  imported: {sum(self.imported_ops.values())} ops")
         if self.pass_timings:
             lines.append("  passes: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.pass_timings.items()))
-        lines.append(f"  precision: {self.target.precision} (floating point throughout)")
+        if self.quant_text is not None:
+            lines.append(self.quant_text)
+        elif self.target.is_integer:
+            lines.append(f"  precision: {self.target.precision}")
+        else:
+            lines.append(f"  precision: {self.target.precision} (floating point throughout)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -135,7 +143,7 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     exe = build(graph, tgt)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return CompiledModel(exe, tgt, print_graph(graph), [v.name for v in graph.inputs], graph, ctx.timings,
-                         source, imported_ops)
+                         source, imported_ops, ctx.options.get("quant_report"))
 
 
 def load(path: str | os.PathLike[str]) -> CompiledModel:
@@ -145,4 +153,4 @@ def load(path: str | os.PathLike[str]) -> CompiledModel:
         raise LibraryLoadError(f"library {path!r} does not exist")
     exe, meta = load_executable(path)  # validates format, version, hash and target
     return CompiledModel(exe, exe.target, meta.get("ir", ""), meta.get("input_names", []), None, None,
-                         meta.get("source", ""))
+                         meta.get("source", ""), None, meta.get("quant_report"))

@@ -37,7 +37,20 @@ def _target_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["mcpu"] = args.mcpu
     if getattr(args, "input_shape", None):
         opts["input_shapes"] = dict(_shape_arg(s) for s in args.input_shape)
+    if getattr(args, "calibration", None):
+        opts["calibration"] = _load_calibration(args.calibration)
+        opts["progress"] = not args.quiet
+    if getattr(args, "calibration_method", None):
+        opts["calibration_method"] = args.calibration_method
     return opts
+
+
+def _load_calibration(path: str) -> list[Any]:
+    """Calibration data from an .npz (one array per input, by name, batches stacked on axis 0) or an .npy."""
+    feeds = _load_inputs([path])
+    if isinstance(feeds, dict):
+        return [feeds] if len(feeds) > 1 else [next(iter(feeds.values()))]
+    return feeds
 
 
 def _load_inputs(paths: Sequence[str]) -> list[np.ndarray] | dict[str, np.ndarray]:
@@ -126,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-threads", type=int, help="runtime threads (default: the cores available)")
     c.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     c.add_argument("--mcpu", help="LLVM CPU name (default: detected)")
+    c.add_argument("--calibration", help="calibration data (.npz by input name or .npy) for integer targets")
+    c.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy", "mse"])
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled library on .npy/.npz inputs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from qcc.errors import TargetError
+from qcc.errors import OptionError, TargetError
 from qcc.ir.graph import Graph
 from qcc.ir.pass_manager import Pass, PassContext, run_passes
 from qcc.target import Target
@@ -29,7 +29,16 @@ PIPELINES: dict[str, Callable[[PassContext], list[Pass]]] = {
     "cpu-fp32": float_pipeline,
     "cuda-fp32": float_pipeline,
     "cuda-fp16": float_pipeline,
+    # Integer targets: the float clean-up, then quantization (see `quantize` below).
+    "cpu-int8": float_pipeline,
+    "cpu-int4": float_pipeline,
+    "cuda-int8": float_pipeline,
+    "cuda-int4": float_pipeline,
 }
+
+# Quantization options of `qcc.compile` (integer targets only), passed to qcc.passes.quant.quantize_graph.
+QUANT_OPTIONS = ("calibration", "calibration_method", "weight_method", "per_channel", "group_size", "symmetric",
+                 "keep_float", "nonlinear", "auto_fallback", "progress", "cache_dir")
 
 
 def pipeline_for(target: Target, ctx: PassContext) -> list[Pass]:
@@ -43,8 +52,21 @@ def pipeline_for(target: Target, ctx: PassContext) -> list[Pass]:
 
 
 def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
-    """Run the target's pipeline over an imported graph."""
-    return run_passes(graph, pipeline_for(target, ctx), ctx)
+    """Run the target's pipeline over an imported graph; integer targets are then quantized.
+
+    The quantization report (`QuantReport`) is left in `ctx.options["quant_report"]`.
+    """
+    graph = run_passes(graph, pipeline_for(target, ctx), ctx)
+    quant = {k: ctx.options[k] for k in QUANT_OPTIONS if k in ctx.options}
+    if target.is_integer:
+        from qcc.passes.quant import quantize_graph
+
+        bits = 4 if target.precision == "int4" else 8
+        graph, report = quantize_graph(graph, bits=bits, ctx=ctx, **quant)
+        ctx.options["quant_report"] = report
+    elif quant:
+        raise OptionError(f"option(s) {sorted(quant)} apply only to integer targets, not {target.name!r}")
+    return graph
 
 
 def build(graph: Graph, target: Target, options: dict[str, Any] | None = None) -> Any:

@@ -109,3 +109,22 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "LibraryLoadError" in proc.stderr
+
+
+def test_compile_int8_with_calibration_file(tmp_path, capsys):
+    model = _small_onnx(tmp_path / "m.onnx")
+    rng = np.random.default_rng(2)
+    calib = rng.standard_normal((16, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    lib = tmp_path / "q.so"
+    assert main(["compile", str(model), "--target", "cpu-int8", "--calibration", str(tmp_path / "calib.npz"),
+                 "--quiet", "-o", str(lib)]) == 0
+    import qcc
+
+    q = qcc.load(lib)
+    assert "integer-only: yes" in q.report()
+    x = calib[:2]  # inside the calibrated range (outside it the int8 output saturates by design)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(q(x), expected, atol=0.05 * float(np.abs(expected).max()) + 0.05)
