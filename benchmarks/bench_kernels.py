@@ -59,6 +59,7 @@ def qcc_case(kind: str, shapes: list, attrs: dict, epi: tuple, impl: str | None 
     """A zero-argument runner of the qcc kernel on random data, and its GFLOP count."""
     import numpy as np
     import tvm
+
     from qcc.backends.tvm.kernels import make_kernel
     from qcc.backends.tvm.kernels.tune import random_inputs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from qcc.errors import ShapeMismatchError
 from qcc.ir.graph import Graph, Value
 from qcc.ir.ops import evaluate

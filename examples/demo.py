@@ -69,9 +69,9 @@ def main() -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, str(HERE.parent))  # for tests.zoo
 
-    import qcc
     import torch
 
+    import qcc
     from tests.zoo import digits_data
 
     torch.set_num_threads(args.threads)

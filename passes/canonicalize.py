@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from qcc.errors import VerificationError
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.pass_manager import PassContext

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from qcc.ir.graph import Graph, Value
 from qcc.ir.ops import evaluate
 from qcc.ir.pass_manager import PassContext

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.ops import OPS
 from qcc.ir.pass_manager import PassContext

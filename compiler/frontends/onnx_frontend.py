@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from qcc.errors import ModelLoadError, ShapeMismatchError, UnsupportedOperatorError, VerificationError
 from qcc.frontends import onnx_ops_nn, onnx_ops_resize, onnx_ops_shape  # noqa: F401  (they register converters)
 from qcc.frontends.onnx_load import DEFAULT_DOMAINS, default_opset, load_model

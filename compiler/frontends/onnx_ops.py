@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from qcc.errors import ModelLoadError
 from qcc.ir.graph import Value
 from qcc.ir.ops import evaluate

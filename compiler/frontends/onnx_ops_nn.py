@@ -10,6 +10,7 @@ import string
 from collections.abc import Sequence
 
 import numpy as np
+
 from qcc.frontends.onnx_ops import (
     NodeContext,
     Operand,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from qcc.frontends.onnx_ops import NodeContext, Operand, Unsupported, converter, np_dtype, shape_of
 from qcc.frontends.onnx_ops_nn import _pads, _spatial, _to_2d
 from qcc.frontends.onnx_ops_shape import reshape, transpose

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from qcc.frontends.onnx_ops import (
     NodeContext,
     Operand,

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+
 from qcc.errors import ModelLoadError, UnsupportedOperatorError, VerificationError
 from qcc.frontends import torch_ops_nn, torch_ops_shape  # noqa: F401  (they register their converters)
 from qcc.frontends.torch_ops import CONVERTERS, MISSING, ConvertContext, Missing, Unsupported, ir_dtype
 from qcc.ir.graph import Graph, GraphBuilder, Value
-from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, OutputKind
 
 _aten = torch.ops.aten
 # Ops kept whole instead of decomposed: the IR has them as single ops, which passes and backends prefer.

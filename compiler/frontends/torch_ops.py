@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from qcc.ir.graph import GraphBuilder, Node, Value
 from qcc.ir.types import FLOAT_DTYPES, numpy_dtype
 

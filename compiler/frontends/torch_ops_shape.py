@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.frontends.torch_ops import (
     MISSING,
     ConvertContext,

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from qcc.errors import BackendError
 from qcc.ir.ops import evaluate
 
@@ -146,8 +147,9 @@ def test_weight_packing_round_trips() -> None:
 def test_kernel_runs_inside_a_relax_module() -> None:
     # The backend's path: bb.add_func(kernel.func) + call_tir with the packed weight as a constant.
     import tvm
-    from qcc.backends.tvm.kernels import host_target
     from tvm import relax
+
+    from qcc.backends.tvm.kernels import host_target
 
     x, w, b = rand(1, 16, 6, 6), rand(24, 16, 3, 3), rand(24)
     attrs = {"padding": (1, 1, 1, 1)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qcc.errors import BackendError
 from qcc.ir.ops import evaluate
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from qcc.backends.tvm.kernels import analytic_cost, rank_candidates
 from qcc.backends.tvm.kernels.epilogue import normalize
 from qcc.backends.tvm.kernels.params import (

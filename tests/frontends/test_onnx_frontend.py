@@ -15,8 +15,9 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-import qcc  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import qcc  # noqa: E402
 from qcc.errors import ModelLoadError, ShapeMismatchError, UnsupportedOperatorError  # noqa: E402
 from qcc.frontends.onnx_frontend import import_onnx  # noqa: E402
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import qcc
 from qcc.errors import ModelLoadError, UnsupportedOperatorError
 
 torch = pytest.importorskip("torch")
-from qcc.frontends.torch_frontend import import_torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+
+from qcc.frontends.torch_frontend import import_torch  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:index_reduce.*beta")]
 

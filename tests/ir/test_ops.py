@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from qcc.interpreter import interpret
 from qcc.ir.graph import GraphBuilder
 from qcc.ir.types import dtype_from_numpy

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+
 from qcc.errors import InfeasibleBudgetError, PassError, VerificationError
 from qcc.ir.graph import Graph, GraphBuilder
 from qcc.ir.pass_manager import PassContext, run_passes

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+
 from qcc.errors import IRParseError
 from qcc.interpreter import interpret
 from qcc.ir.graph import Graph, GraphBuilder, Value

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from qcc.ir.parser import parse_type
 from qcc.ir.printer import format_type
 from qcc.ir.types import (

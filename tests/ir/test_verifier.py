@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qcc.errors import VerificationError
 from qcc.ir.graph import Graph, GraphBuilder, Node, Value, make_node
 from qcc.ir.types import TensorType

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from qcc.interpreter import interpret
 from qcc.ir.graph import Graph
 from qcc.ir.parser import parse

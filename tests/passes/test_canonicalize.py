@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from qcc.ir.pass_manager import PassContext
 from qcc.passes import Canonicalize
 

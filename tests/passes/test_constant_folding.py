@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from qcc.ir.parser import parse
 from qcc.ir.pass_manager import PassContext, run_passes
 from qcc.passes import ConstantFolding, get_pass

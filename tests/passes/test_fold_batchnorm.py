@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qcc.interpreter import interpret
 from qcc.ir.graph import GraphBuilder
 from qcc.ir.pass_manager import PassContext, run_passes

@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+
 from qcc.errors import OptionError
 from qcc.passes import PASSES, ConstantFolding, get_pass
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from qcc.backends.tvm.kernels.epilogue import Epilogue, apply_steps, has_bias, num_residuals
 from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, shape_str
 from qcc.backends.tvm.kernels.params import Conv2dShape, ConvParams, Im2colParams

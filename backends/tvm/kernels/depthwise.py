@@ -16,6 +16,7 @@ The weight [C, 1, KH, KW] is packed to [C/cb, KH, KW, cb] at compile time.
 from __future__ import annotations
 
 import numpy as np
+
 from qcc.backends.tvm.kernels.conv2d import _Io
 from qcc.backends.tvm.kernels.epilogue import Epilogue
 from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, shape_str

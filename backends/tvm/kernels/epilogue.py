@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from qcc.errors import BackendError
 
 Step = tuple[Any, ...]

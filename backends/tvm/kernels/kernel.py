@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from qcc.backends.tvm.kernels.epilogue import Epilogue
 from qcc.backends.tvm.kernels.params import Params, Shape
 from qcc.errors import BackendError

@@ -9,6 +9,7 @@ inserts `layout_transform` kernels only at its boundaries.
 from __future__ import annotations
 
 import numpy as np
+
 from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, shape_str
 from qcc.backends.tvm.kernels.params import Conv2dShape, DepthwiseParams
 from qcc.errors import BackendError

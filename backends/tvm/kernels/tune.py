@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from qcc.backends.tvm.kernels import params as P
 from qcc.backends.tvm.kernels.kernel import Kernel, host_target
 from qcc.errors import BackendError
