@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from qcc.version import __version__
 
 if TYPE_CHECKING:
     from qcc.api import CompiledModel, compile, load
+    from qcc.budget import Budget
     from qcc.interpreter import interpret
+    from qcc.mixed import pareto, plot_bits
     from qcc.target import Target
 
 
@@ -25,6 +27,14 @@ def __getattr__(name: str) -> Any:
         from qcc.interpreter import interpret
 
         return interpret
+    if name == "Budget":
+        from qcc.budget import Budget
+
+        return Budget
+    if name in ("pareto", "plot_bits"):
+        from qcc import mixed
+
+        return getattr(mixed, name)
     if name == "Target":
         from qcc.target import Target
 
@@ -32,4 +42,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qcc' has no attribute {name!r}")
 
 
-__all__ = ["CompiledModel", "Target", "compile", "interpret", "load", "import_model"]
+__all__ = ["Budget", "CompiledModel", "Target", "compile", "interpret", "load", "import_model", "pareto", "plot_bits"]

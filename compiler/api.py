@@ -20,7 +20,8 @@ from qcc.pipeline import QUANT_OPTIONS, build, load_executable, optimize
 from qcc.target import OPTIONS, Target
 
 # Compile options that are not target options (target options are listed in qcc.target.OPTIONS).
-COMPILE_OPTIONS = ("input_shapes", "print_after_all", "print_after", "dump_dir", "verify", "out", *QUANT_OPTIONS)
+COMPILE_OPTIONS = ("input_shapes", "print_after_all", "print_after", "dump_dir", "verify", "out", "tune", "quiet",
+                   "cost_model", *QUANT_OPTIONS)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -34,7 +35,8 @@ class CompiledModel:
 
     def __init__(self, executable: Any, target: Target, ir: str, input_names: Sequence[str],
                  graph: Graph | None = None, timings: Mapping[str, float] | None = None,
-                 source: str = "", imported_ops: Mapping[str, int] | None = None, quant_report: Any = None) -> None:
+                 source: str = "", imported_ops: Mapping[str, int] | None = None, quant_report: Any = None,
+                 tir_check: Any = None) -> None:
         self._exe = executable
         self.target = target
         self.ir = ir
@@ -46,6 +48,10 @@ class CompiledModel:
         self.quant_report = quant_report  # a QuantReport after compile; its text after load
         self.quant_text: str | None = quant_report if isinstance(quant_report, str) else (
             quant_report.text() if quant_report is not None else None)
+        # The TIR no-float check of an integer build (qcc.backends.tvm.integer_check); its text after load.
+        self.tir_check = tir_check if tir_check is not None else getattr(executable, "tir_check", None)
+        self.tir_text: str | None = tir_check if isinstance(tir_check, str) else (
+            self.tir_check.text() if self.tir_check is not None else None)
 
     def __call__(self, *inputs: Any, **named: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run on inputs given by position or by input name; one output → an array, several → a tuple."""
@@ -82,7 +88,23 @@ class CompiledModel:
     def export_library(self, path: str | os.PathLike[str]) -> None:
         """Write the shared library and its qcc metadata (atomically); `qcc.load(path)` reads it back."""
         self._exe.export_library(os.fspath(path), {"ir": self.ir, "input_names": self.input_names,
-                                                    "source": self.source, "quant_report": self.quant_text})
+                                                    "source": self.source, "quant_report": self.quant_text,
+                                                    "tir_check": self.tir_text})
+
+    def export_onnx(self, path: str | os.PathLike[str]) -> None:
+        """Write the compiled graph as ONNX (QDQ form for integer builds; see qcc.frontends.onnx_export), atomically."""
+        if self.graph is None:
+            raise OptionError("export_onnx needs the compiled graph; a library loaded with qcc.load has only code")
+        from qcc.frontends.onnx_export import export_qdq
+
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            export_qdq(self.graph, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def report(self) -> str:
         """A human-readable summary: target, ops, per-pass timings."""
@@ -99,6 +121,8 @@ class CompiledModel:
             lines.append("  passes: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.pass_timings.items()))
         if self.quant_text is not None:
             lines.append(self.quant_text)
+            if self.tir_text is not None:
+                lines.append(self.tir_text)
         elif self.target.is_integer:
             lines.append(f"  precision: {self.target.precision}")
         else:
@@ -125,7 +149,10 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     """Compile a PyTorch module, ExportedProgram, ONNX path/bytes/ModelProto for `target`.
 
     Options: `input_shapes={name: shape}` (ONNX dynamic dims), `print_after_all=True` or
-    `print_after=[pass names]` (IR to `out`, default stderr), `dump_dir=path`, `verify=False`, and target
+    `print_after=[pass names]` (IR to `out`, default stderr), `dump_dir=path`, `verify=False`, `tune=True`
+    (cpu: measure kernel parameter candidates, record the winners in the tuning database; progress on stderr
+    unless `quiet=True`), `cost_model="model.lgb"` (the learned model that ranks kernel schedules without a
+    tuning record; "analytic" for the analytic one; default: the model shipped for the CPU), and target
     options such as `num_threads`, `mcpu`, `arch`.
     """
     if not isinstance(target, (str, Target)):
@@ -140,7 +167,10 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     ctx = PassContext(target=tgt, options=opts, verify_each=opts.get("verify", True), print_after=print_after,
                       out=opts.get("out"), dump_dir=Path(dump) if dump else None)
     graph = optimize(graph, tgt, ctx)
-    exe = build(graph, tgt)
+    from qcc.costmodel.model import using
+
+    with using(opts.get("cost_model")):  # a model file ranks kernel schedules (default: the shipped CPU model)
+        exe = build(graph, tgt, {k: opts[k] for k in ("tune", "quiet") if k in opts})
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return CompiledModel(exe, tgt, print_graph(graph), [v.name for v in graph.inputs], graph, ctx.timings,
                          source, imported_ops, ctx.options.get("quant_report"))
@@ -153,4 +183,4 @@ def load(path: str | os.PathLike[str]) -> CompiledModel:
         raise LibraryLoadError(f"library {path!r} does not exist")
     exe, meta = load_executable(path)  # validates format, version, hash and target
     return CompiledModel(exe, exe.target, meta.get("ir", ""), meta.get("input_names", []), None, None,
-                         meta.get("source", ""), None, meta.get("quant_report"))
+                         meta.get("source", ""), None, meta.get("quant_report"), meta.get("tir_check"))

@@ -40,8 +40,17 @@ def _target_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "calibration", None):
         opts["calibration"] = _load_calibration(args.calibration)
         opts["progress"] = not args.quiet
+    if getattr(args, "cost_model", None):
+        opts["cost_model"] = args.cost_model
+    if getattr(args, "tune", False):
+        opts["tune"] = True
+        opts["quiet"] = bool(args.quiet)
     if getattr(args, "calibration_method", None):
         opts["calibration_method"] = args.calibration_method
+    if getattr(args, "budget", None):
+        from qcc.budget import Budget
+
+        opts["budget"] = Budget.parse(",".join(args.budget))
     return opts
 
 
@@ -71,9 +80,9 @@ def _load_inputs(paths: Sequence[str]) -> list[np.ndarray] | dict[str, np.ndarra
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    import qcc
+    from qcc.api import compile as qcc_compile
 
-    lib = qcc.compile(args.model, target=args.target, print_after_all=args.print_after_all, out=sys.stdout,
+    lib = qcc_compile(args.model, target=args.target, print_after_all=args.print_after_all, out=sys.stdout,
                       **_target_options(args))
     lib.export_library(args.output)
     print(f"wrote {args.output} ({lib.target})")
@@ -81,9 +90,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import qcc
+    from qcc.api import load
 
-    lib = qcc.load(args.library)
+    lib = load(args.library)
     feeds = _load_inputs(args.input)
     outs = lib(**feeds) if isinstance(feeds, dict) else lib(*feeds)
     outs = outs if isinstance(outs, tuple) else (outs,)
@@ -141,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mcpu", help="LLVM CPU name (default: detected)")
     c.add_argument("--calibration", help="calibration data (.npz by input name or .npy) for integer targets")
     c.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy", "mse"])
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--budget", action="append", metavar="KEY=VALUE",
+                   help="mixed-precision budget for cpu-mixed / cuda-mixed: size_mb, size_ratio, bops, latency_ms "
+                        "(comma-separated or repeated), e.g. --budget size_mb=0.05")
+    c.add_argument("--tune", action="store_true",
+                   help="measure a few parameter candidates per CPU kernel and record the winners in the tuning "
+                        "database ($QCC_TUNE_DB, default ~/.cache/qcc/tuning.json) that later compiles reuse")
+    c.add_argument("--cost-model", help="learned cost model (qcc costmodel train) ranking kernel schedules; "
+                   "'analytic' for the analytic one (default: the model shipped for the CPU)")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled library on .npy/.npz inputs")
@@ -153,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print the IR of a model, imported and after the pipeline")
     model_options(i)
     i.set_defaults(fn=cmd_inspect)
+
+    from qcc.cli_costmodel import add_parser as add_costmodel_parser
+
+    add_costmodel_parser(sub)  # qcc costmodel collect | train | eval
     return p
 
 

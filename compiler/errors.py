@@ -5,7 +5,7 @@ The CLI prints `error: <message>` in one line and exits non-zero for any of thes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class QccError(Exception):
@@ -86,12 +86,23 @@ class IRParseError(QccError, ValueError):
 
 
 class InfeasibleBudgetError(QccError):
-    """A resource budget cannot be met; states the smallest achievable value."""
+    """A resource budget cannot be met; states the smallest achievable value (`minimum`: resource → value)."""
 
     exit_code = 11
+
+    def __init__(self, message: str, minimum: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.minimum = dict(minimum or {})
 
 
 class CalibrationError(QccError, ValueError):
     """Calibration data cannot be used: an empty set, a batch of the wrong shape or dtype, NaN or inf values."""
 
     exit_code = 12
+
+
+class CostModelError(QccError):
+    """The cost model or its measurement database cannot be used: a corrupt or foreign database, a model file
+    of another feature version, or bad kernel descriptions."""
+
+    exit_code = 13

@@ -34,11 +34,17 @@ PIPELINES: dict[str, Callable[[PassContext], list[Pass]]] = {
     "cpu-int4": float_pipeline,
     "cuda-int8": float_pipeline,
     "cuda-int4": float_pipeline,
+    # Mixed precision: per-layer weight widths chosen under a budget (qcc.passes.mixed), then quantized.
+    "cpu-mixed": float_pipeline,
+    "cuda-mixed": float_pipeline,
 }
 
 # Quantization options of `qcc.compile` (integer targets only), passed to qcc.passes.quant.quantize_graph.
 QUANT_OPTIONS = ("calibration", "calibration_method", "weight_method", "per_channel", "group_size", "symmetric",
-                 "keep_float", "nonlinear", "auto_fallback", "progress", "cache_dir")
+                 "keep_float", "nonlinear", "auto_fallback", "progress", "cache_dir",
+                 "budget", "candidate_bits", "pin_first_last")
+# The options above that only the *-mixed targets take (qcc.passes.mixed.mixed_quantize_graph).
+MIXED_OPTIONS = ("budget", "candidate_bits", "pin_first_last")
 
 
 def pipeline_for(target: Target, ctx: PassContext) -> list[Pass]:
@@ -58,6 +64,17 @@ def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
     """
     graph = run_passes(graph, pipeline_for(target, ctx), ctx)
     quant = {k: ctx.options[k] for k in QUANT_OPTIONS if k in ctx.options}
+    mixed = {k: quant.pop(k) for k in MIXED_OPTIONS if k in quant}
+    if target.precision == "mixed":
+        from qcc.passes.mixed import mixed_quantize_graph
+
+        graph, report = mixed_quantize_graph(graph, ctx=ctx, budget=mixed.pop("budget", None),
+                                             calibration=quant.pop("calibration", None), **mixed, **quant)
+        ctx.options["quant_report"] = report
+        return graph
+    if mixed:
+        raise OptionError(f"option(s) {sorted(mixed)} apply only to the mixed-precision targets (cpu-mixed, "
+                          f"cuda-mixed), not {target.name!r}")
     if target.is_integer:
         from qcc.passes.quant import quantize_graph
 
@@ -74,7 +91,8 @@ def build(graph: Graph, target: Target, options: dict[str, Any] | None = None) -
     if target.device in ("cpu", "cuda"):
         from qcc.backends.tvm import build as tvm_build
 
-        return tvm_build(graph, target)
+        opts = options or {}
+        return tvm_build(graph, target, tune=bool(opts.get("tune", False)), quiet=bool(opts.get("quiet", False)))
     raise TargetError(f"no backend for device {target.device!r} in this version of qcc")
 
 

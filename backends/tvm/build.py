@@ -16,6 +16,7 @@ from tvm import relax
 from qcc.backends.tvm import host
 from qcc.backends.tvm import runtime as _runtime  # noqa: F401  (thread-pool environment defaults)
 from qcc.backends.tvm.executable import TVMExecutable, io_specs
+from qcc.backends.tvm.integer_check import CheckIntegerTIR
 from qcc.backends.tvm.lower import lower
 from qcc.backends.tvm.schedules import RecordFusedOps, TagFusedOps, kernel_ops, schedule_passes
 from qcc.errors import BackendError, QccError
@@ -54,6 +55,8 @@ def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = No
                     RecordFusedOps(fused),
                     relax.transform.FuseTIR(),
                     TagFusedOps(fused),
+                    # the no-float check of integer builds, on the fused kernels before scheduling
+                    *([CheckIntegerTIR(report)] if report is not None and report.get("integer") else []),
                 ]
                 + schedule_passes(target)
             )(mod)
@@ -66,17 +69,25 @@ def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = No
     return _pipeline
 
 
-def build(graph: Graph, target: Target | str) -> TVMExecutable:
-    """Compile `graph` for a cpu or cuda qcc target; fp16 targets compute f32 values in float16."""
+def build(graph: Graph, target: Target | str, tune: bool = False, quiet: bool = True,
+          templates: bool | None = None) -> TVMExecutable:
+    """Compile `graph` for a cpu or cuda qcc target; fp16 targets compute f32 values in float16.
+
+    cpu-fp32 routes conv2d / linear / matmul through the kernel templates (`lower_templates`); `tune` measures
+    their parameter candidates and records the winners in the tuning database (progress unless `quiet`).
+    `templates=False` lowers every node with the generic rules (the schedule registry then sees them)."""
     target = target if isinstance(target, Target) else Target(target)
     if target.device not in ("cpu", "cuda"):
         raise BackendError(f"the TVM backend builds for cpu and cuda targets, not {target.name!r}")
     tdict = host.target_dict(target)
     tvm_target = make_tvm_target(tdict)
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"integer": target.is_integer}
+    if templates is None:
+        templates = target.device == "cpu" and target.precision == "fp32"
     try:
         with tvm_target:  # GPU TOPI kernels read the current target (thread limits)
-            lowered = lower(graph, device=target.device, float16=target.precision == "fp16")
+            lowered = lower(graph, device=target.device, float16=target.precision == "fp16", tune=tune, quiet=quiet,
+                            templates=templates)
         with tvm.transform.PassContext(opt_level=3):
             ex = tvm.compile(lowered.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
     except QccError:
@@ -85,7 +96,10 @@ def build(graph: Graph, target: Target | str) -> TVMExecutable:
         raise BackendError(f"TVM build of graph {graph.name!r} for {target} failed: {type(e).__name__}: "
                            f"{_first_lines(str(e))}") from e
     inputs, outputs = io_specs(graph)
-    return TVMExecutable(ex, target, tdict, inputs, outputs, kernels=report.get("kernels", {}))
+    exe = TVMExecutable(ex, target, tdict, inputs, outputs, kernels=report.get("kernels", {}))
+    exe.lowering_stats = dict(lowered.stats)  # type: ignore[attr-defined]
+    exe.tir_check = report.get("tir_check")  # type: ignore[attr-defined]
+    return exe
 
 
 def _first_lines(text: str, n: int = 12) -> str:

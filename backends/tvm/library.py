@@ -64,7 +64,7 @@ def export_library(exe: TVMExecutable, path: str, metadata: dict[str, Any]) -> s
     """Write `exe` to `path` (shared library) and `path.json` (sidecar); returns the absolute path."""
     import tvm
 
-    import qcc
+    from qcc.version import __version__
 
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
@@ -87,7 +87,7 @@ def export_library(exe: TVMExecutable, path: str, metadata: dict[str, Any]) -> s
         sidecar = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "qcc_version": qcc.__version__,
+            "qcc_version": __version__,
             "tvm_version": str(tvm.__version__),
             "target": exe.target.to_dict(),
             "tvm_target": exe.tvm_target,

@@ -13,7 +13,7 @@ own signature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -43,6 +43,7 @@ class Lowered:
 
     mod: tvm.IRModule
     kernel_ops: dict[str, str]
+    stats: dict[str, int] = field(default_factory=dict)  # template lowering counts (lower_templates)
 
 
 def _cast_to(ctx: LowerCtx, expr: relax.Expr, dtype: str, node_name: str) -> relax.Expr:
@@ -57,8 +58,15 @@ def _param_const(ctx: LowerCtx, value: Value, array: np.ndarray) -> relax.Consta
     return relax.const(data, dtype)
 
 
-def lower(graph: Graph, device: str = "cpu", float16: bool = False) -> Lowered:
-    """Lower `graph` to a Relax module with entry function `main` (see the module docstring)."""
+def lower(graph: Graph, device: str = "cpu", float16: bool = False, templates: bool | None = None,
+          tune: bool = False, quiet: bool = True) -> Lowered:
+    """Lower `graph` to a Relax module with entry function `main` (see the module docstring).
+
+    `templates` (default: on for cpu float32) routes conv2d / linear / matmul and their epilogues through the
+    hand-scheduled kernel templates with the layout pass (`lower_templates`); `tune` measures their parameter
+    candidates first (progress on stderr unless `quiet`)."""
+    if templates is None:
+        templates = device == "cpu" and not float16
     missing = [(n.op, n.name or f"#{i}") for i, n in enumerate(graph.nodes) if n.op not in LOWER]
     if missing:
         raise UnsupportedOperatorError(missing, model=f"graph {graph.name!r} (TVM lowering)")
@@ -67,6 +75,7 @@ def lower(graph: Graph, device: str = "cpu", float16: bool = False) -> Lowered:
     params = [relax.Var(v.name or f"input{i}", relax.TensorType(v.shape, TVM_DTYPES[v.dtype]))
               for i, v in enumerate(graph.inputs)]
     env: dict[Value, relax.Expr] = {}
+    fast = None
     with bb.function("main", params):
         with bb.dataflow():
             for v, p in zip(graph.inputs, params):
@@ -74,11 +83,21 @@ def lower(graph: Graph, device: str = "cpu", float16: bool = False) -> Lowered:
                 env[v] = p if inner == TVM_DTYPES[v.dtype] else _cast_to(ctx, p, inner, v.name)
             for v, array in graph.params.items():
                 env[v] = _param_const(ctx, v, array)
-            for node in graph.nodes:
-                _lower_node(ctx, node, env)
+            if templates:
+                from qcc.backends.tvm.lower_templates import TemplateLowering
+
+                fast = TemplateLowering(ctx, graph, lambda node, args: _lower_rule(ctx, node, args), tune=tune,
+                                        quiet=quiet)
+                for v, expr in env.items():
+                    fast.set(v, expr)
+                for node in graph.nodes:
+                    fast.lower_node(node)
+            else:
+                for node in graph.nodes:
+                    _lower_node(ctx, node, env)
             outs = []
             for v in graph.outputs:
-                expr = env[v]
+                expr = env[v] if fast is None else fast.get(v, "NCHW")
                 if ctx.dtype(v.dtype) != TVM_DTYPES[v.dtype]:
                     expr = _cast_to(ctx, expr, TVM_DTYPES[v.dtype], v.name)
                 outs.append(expr)
@@ -89,18 +108,25 @@ def lower(graph: Graph, device: str = "cpu", float16: bool = False) -> Lowered:
         op = ctx.kernel_ops.get(gv.name_hint)
         if op is not None and isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr(OP_ATTR, op)
-    return Lowered(mod, dict(ctx.kernel_ops))
+    return Lowered(mod, dict(ctx.kernel_ops), dict(fast.stats) if fast is not None else {})
 
 
 def _lower_node(ctx: LowerCtx, node: Node, env: dict[Value, relax.Expr]) -> None:
     try:
         args = [env[v] for v in node.inputs]
+    except KeyError as e:
+        raise BackendError(f"node {node.name or node.op!r}: input {e} is used before it is defined") from e
+    for v, expr in zip(node.outputs, _lower_rule(ctx, node, args)):
+        env[v] = expr
+
+
+def _lower_rule(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> list[relax.Expr]:
+    """Apply the generic rule of `node.op` to its argument expressions; one expression per output."""
+    try:
         # Rules read attributes with the registry's defaults filled in.
         full = Node(node.op, node.inputs, node.outputs, complete_attrs(get_op(node.op), node.attrs), node.meta,
                     node.name)
         result = LOWER[node.op](ctx, full, args)
-    except KeyError as e:
-        raise BackendError(f"node {node.name or node.op!r}: input {e} is used before it is defined") from e
     except BackendError:
         raise
     except Exception as e:  # TVM errors: name the node and its types
@@ -110,5 +136,4 @@ def _lower_node(ctx: LowerCtx, node: Node, env: dict[Value, relax.Expr]) -> None
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) != len(node.outputs):
         raise BackendError(f"lowering of {node.op} returned {len(results)} values for {len(node.outputs)} outputs")
-    for v, expr in zip(node.outputs, results):
-        env[v] = expr
+    return results

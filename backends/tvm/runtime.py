@@ -41,10 +41,20 @@ _lock = threading.Lock()
 
 
 def configure_threads(num_threads: int) -> int:
-    """Use `num_threads` workers for TVM kernels run from the calling thread; returns the count in effect."""
+    """Use `num_threads` workers for TVM kernels run from the calling thread; returns the count in effect.
+
+    The one thread-pool setting of qcc (the kernels package re-exports it). Also (re)applies ENV_DEFAULTS
+    where the environment lacks them: no spinning idle workers, no core pinning."""
     import tvm
 
-    n = max(int(num_threads), 1)
+    from qcc.errors import BackendError
+
+    if int(num_threads) < 1:
+        raise BackendError(f"num_threads must be >= 1, got {num_threads}")
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    n = int(num_threads)
+    os.environ["TVM_NUM_THREADS"] = str(n)
     if getattr(_local, "num_threads", None) == n:
         return int(getattr(_local, "effective", n))
     with _lock:

@@ -8,7 +8,7 @@ it returns an integer-only graph (W8A8, or W4A8 with `bits=4`) and a `QuantRepor
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from qcc.errors import OptionError
@@ -68,13 +68,15 @@ def quantize_graph(graph: Graph, *, bits: int = 8, calibration: Iterable[Any] | 
                    calibration_method: str = "minmax", weight_method: str = "mse", per_channel: bool = True,
                    group_size: int | None = None, symmetric: bool = True, keep_float: Iterable[str] = (),
                    nonlinear: str = "ibert", auto_fallback: float | None = None, progress: bool = True,
-                   cache_dir: str = "", ctx: PassContext | None = None) -> tuple[Graph, QuantReport]:
+                   cache_dir: str = "", ctx: PassContext | None = None,
+                   layer_bits: Mapping[str, int] | None = None) -> tuple[Graph, QuantReport]:
     """Quantize a float graph: integer-only W8A8 / W4A8 with calibration data, weight-only without.
 
     Runs calibrate → quantize → realize-integer with `run_passes` (so `ctx` printing and dumping apply), then
     measures each layer's output SQNR against the float graph on the calibration data. With `auto_fallback`
     (dB), layers below it are kept in float and the graph is rebuilt (it is then no longer integer-only, and the
-    report says so). Bad options raise OptionError; bad calibration data CalibrationError.
+    report says so). `layer_bits` maps layer (node) names to their weight bits (mixed precision; the others use
+    `bits`). Bad options raise OptionError; bad calibration data CalibrationError.
     """
     kept = _validate(bits, calibration_method, weight_method, group_size, keep_float, nonlinear, auto_fallback,
                      per_channel, symmetric)
@@ -82,6 +84,8 @@ def quantize_graph(graph: Graph, *, bits: int = 8, calibration: Iterable[Any] | 
     float_graph = _prepare(graph, ctx)
     qopts: dict[str, Any] = {"bits": bits, "per_channel": per_channel, "group_size": group_size or 0,
                              "symmetric": symmetric, "weight_method": weight_method}
+    if layer_bits:
+        qopts["layer_bits"] = tuple(sorted(dict(layer_bits).items()))
     if calibration is None:
         out = run_passes(float_graph, [Quantize(**qopts, keep_float=kept, weight_only=True)], ctx)
         layers: list[LayerInfo] = ctx.options["quant.layers"]
@@ -109,7 +113,8 @@ def quantize_graph(graph: Graph, *, bits: int = 8, calibration: Iterable[Any] | 
             kept = kept + tuple(dict.fromkeys(low))
             out, layers, sq = build(kept)
     check = check_integer_only(out)
-    mode = f"W{bits}A8 " + ("integer-only" if check.ok else "with float layers (not integer-only)")
+    wbits = "/".join(f"{b}" for b in sorted({bits, *dict(layer_bits or {}).values()}, reverse=True))
+    mode = f"W{wbits}A8 " + ("integer-only" if check.ok else "with float layers (not integer-only)")
     rows = build_rows(layers, dict(sq), 8)
     report = QuantReport(rows, mode, check.ok, False, check, calibration_method, weight_method, nonlinear,
                          list(kept), "output")

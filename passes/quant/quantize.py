@@ -112,7 +112,7 @@ class Quantize:
 
     Options: `bits` (weights: 8 or 4), `act_bits` (8), `per_channel`, `group_size` (0: none), `group_scale_bits`,
     `symmetric` (activations), `weight_method` (mse | minmax), `keep_float` (node names or op kinds),
-    `weight_only`, `softmax_bits` (16 or 8), `accumulator_outputs`.
+    `weight_only`, `softmax_bits` (16 or 8), `accumulator_outputs`, `layer_bits` (per-layer weight bits).
     """
 
     name: ClassVar[str] = "quantize"
@@ -127,6 +127,17 @@ class Quantize:
     weight_only: bool = False
     softmax_bits: int = 16
     accumulator_outputs: bool = True
+    # Per-layer weight bits (mixed precision): (node name, bits) pairs or a dict; a node's meta["bits"] (written
+    # by the allocate-bits pass) counts too. Layers named in neither use `bits`.
+    layer_bits: Any = ()
+
+    def bits_for(self, node: Node) -> int:
+        """The weight bits of one layer: `layer_bits`, then node.meta["bits"], then `bits`."""
+        table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
+        if node.name in table:
+            return int(table[node.name])
+        meta = node.meta.get("bits")
+        return int(meta) if isinstance(meta, int) and not isinstance(meta, bool) else self.bits
 
     @property
     def kept(self) -> tuple[str, ...]:
@@ -138,6 +149,16 @@ class Quantize:
     def validate(self, graph: Graph) -> None:
         if self.bits not in (2, 3, 4, 5, 6, 7, 8):
             raise OptionError(f"quantize: bits must be 8 or 4 (2..8), got {self.bits!r}")
+        try:
+            table = dict(self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits)
+        except (TypeError, ValueError):
+            raise OptionError(f"quantize: layer_bits must map layer names to bits, got {self.layer_bits!r}") from None
+        bad = {k: b for k, b in table.items() if b not in (2, 3, 4, 5, 6, 7, 8) or isinstance(b, bool)}
+        if bad:
+            raise OptionError(f"quantize: layer_bits values must be 2..8, got {bad}")
+        missing = sorted(set(table) - {n.name for n in graph.nodes})
+        if missing:
+            raise OptionError(f"quantize: layer_bits names {missing} match no node of the model")
         if self.act_bits not in (8, 16) or self.softmax_bits not in (8, 16):
             raise OptionError("quantize: act_bits and softmax_bits must be 8 or 16")
         if self.weight_method not in WEIGHT_METHODS:
@@ -273,7 +294,7 @@ class _QDQBuilder:
             axis = wv.type.rank - 1 if n.op == "matmul" else 0
         group = self.o.group_size if (self.o.group_size and n.op == "linear"
                                       and wdata.shape[1] % self.o.group_size == 0) else None
-        qw = quantize_weight(wdata, self.o.bits, axis, self.o.weight_method, group, self.o.group_scale_bits)
+        qw = quantize_weight(wdata, self.o.bits_for(n), axis, self.o.weight_method, group, self.o.group_scale_bits)
         self.weights[(n, 1)] = ("weight", qw)
         if x is not None and len(n.inputs) == 3 and n.inputs[2] in self.params:
             self.weights[(n, 2)] = ("bias", (qw.scale.reshape(-1).astype(np.float64) * x.scale))

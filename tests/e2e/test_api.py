@@ -102,10 +102,10 @@ def test_bad_targets(cnn, target):
         qcc.compile(model, target=target, example_inputs=(x,))
 
 
-def test_mixed_precision_not_built_yet(cnn):
+def test_accelerator_not_built_yet(cnn):
     model, x = cnn
     with pytest.raises(TargetError, match="not available"):
-        qcc.compile(model, target="cpu-mixed", example_inputs=(x,))
+        qcc.compile(model, target="accel-int8", example_inputs=(x,))
 
 
 def test_bad_options(cnn):

@@ -8,7 +8,8 @@
 
 Kinds: "dense", "batch_matmul", "conv2d" (picks "conv2d_direct" / "conv2d_im2col" / "depthwise_conv2d" with
 `choose_conv_impl`), the three conv kinds by name, and the layout transforms "nchw_to_nchwc" /
-"nchwc_to_nchw". Parameters come from the caller, else the tuning database (`tune.lookup`), else the rule
+"nchwc_to_nchw". Parameters come from the caller, else the tuning database (`tune.lookup`), else the cost
+model's pick (`choose_params`: `qcc.costmodel`'s active or shipped model), else the rule
 `params.default_params`. Nothing here imports TVM until a kernel is built.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from qcc.backends.tvm.kernels import params as P
 from qcc.backends.tvm.kernels.epilogue import normalize
-from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, configure_threads, host_target
+from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, host_target
 from qcc.backends.tvm.kernels.params import (
     BatchMatmulShape,
     Conv2dShape,
@@ -29,10 +30,12 @@ from qcc.backends.tvm.kernels.params import (
     check_params,
     default_params,
 )
+from qcc.backends.tvm.runtime import configure_threads  # the one thread-pool setting (spin count, pinning)
 from qcc.errors import BackendError
 
 __all__ = ["ArgSpec", "Kernel", "CpuInfo", "make_kernel", "workload", "choose_conv_impl", "supports",
-           "candidates", "default_params", "rank_candidates", "analytic_cost", "configure_threads", "host_target",
+           "candidates", "default_params", "choose_params", "rank_candidates", "analytic_cost", "configure_threads",
+           "host_target",
            "DenseShape", "BatchMatmulShape", "Conv2dShape"]
 
 CONV_KINDS = ("conv2d_direct", "conv2d_im2col", "depthwise_conv2d")
@@ -170,6 +173,33 @@ def rank_candidates(kind: str, shape: P.Shape, cpu: CpuInfo | None = None) -> li
     return [d, *rest]
 
 
+def choose_params(kind: str, shape: P.Shape, cpu: CpuInfo | None = None, epilogue: Any = (),
+                  model: Any = None) -> P.Params:
+    """The parameters a cost model expects to be fastest among `candidates(kind, shape)`: `model`, else the
+    active one (`qcc.costmodel.using(...)`, e.g. `qcc.compile(..., cost_model="model.lgb")`), else the model
+    shipped for the CPU; the rule `default_params` when there is none or it fails. Predicting every
+    candidate takes milliseconds and measures nothing."""
+    from qcc.costmodel.model import active_model, choose
+    from qcc.errors import CostModelError
+
+    cpu = cpu or CpuInfo()
+    model = model if model is not None else active_model()
+    if model is None:
+        return default_params(kind, shape, cpu)
+    from qcc.backends.tvm.kernels.tune import _shape_dict, params_to_json
+
+    cands = candidates(kind, shape, cpu)
+    target = {"lanes": cpu.lanes, "vregs": cpu.vregs, "l1d": cpu.l1d, "l2": cpu.l2, "l3": cpu.l3, "cores": cpu.cores}
+    epi = [list(s) for s in normalize(epilogue)]
+    sd = _shape_dict(shape)
+    kernels = [{"kind": kind, "shape": sd, "params": params_to_json(c), "epilogue": epi, "target": target}
+               for c in cands]
+    try:
+        return cands[choose(model, kernels)]
+    except CostModelError:
+        return default_params(kind, shape, cpu)
+
+
 def make_kernel(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None = None,
                 params: P.Params | None = None, epilogue: Sequence[Any] = (), data_layout: str = "NCHWc",
                 out_layout: str = "NCHWc", cpu: CpuInfo | None = None, target: Any = None,
@@ -197,8 +227,8 @@ def make_kernel(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any
         from qcc.backends.tvm.kernels.tune import lookup
 
         params = lookup(kind, shape, target)
-    if params is None:
-        params = default_params(kind, shape, cpu)
+    if params is None:  # no tuning record: the cost model's pick (the rule without a model)
+        params = choose_params(kind, shape, cpu, epi) if use_db else default_params(kind, shape, cpu)
     check_params(kind, shape, params, cpu)
     if kind == "dense":
         return dense_kernel(shape, params, epi, attrs.get("w_layout", "NK"))  # type: ignore[arg-type]

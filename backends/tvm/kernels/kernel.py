@@ -7,7 +7,6 @@ layout the kernel reads. Packing runs once, at compile time, on constant paramet
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,35 +118,6 @@ def host_target(num_threads: int | None = None) -> dict[str, Any]:
 
     opts = {} if num_threads is None else {"num_threads": int(num_threads)}
     return llvm_target(Target("cpu-fp32", **opts))
-
-
-# TVM's worker threads spin (sched_yield) this many times before sleeping on a condition variable; the 0.27
-# default of 300000 keeps idle workers busy for ~0.1 s after every parallel region, which on a shared machine
-# steals a core from other processes. Waking a sleeping worker costs a few microseconds per kernel instead.
-DEFAULT_SPIN_COUNT = 0
-
-
-def configure_threads(num_threads: int, spin_count: int = DEFAULT_SPIN_COUNT, bind: bool = False) -> None:
-    """Set TVM's CPU thread pool: `num_threads` workers (TVM_NUM_THREADS; without it TVM 0.27 uses
-    hardware_concurrency/2 on x86, i.e. ONE thread on a 2-core VM), `spin_count` yields before an idle worker
-    sleeps (TVM_THREAD_POOL_SPIN_COUNT, read once when the pool starts), and no core pinning unless `bind`
-    (TVM_BIND_THREADS; pinning hurts when other processes share the cores).
-
-    The environment must be set before the pool's first parallel launch; when the pool already runs, the
-    thread count is also changed through `runtime.config_threadpool` (the spin count then stays as it was)."""
-    if num_threads < 1:
-        raise BackendError(f"num_threads must be >= 1, got {num_threads}")
-    os.environ["TVM_NUM_THREADS"] = str(num_threads)
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = str(int(spin_count))
-    os.environ["TVM_BIND_THREADS"] = "1" if bind else "0"
-    import sys
-
-    if "tvm" in sys.modules:
-        import tvm
-
-        cfg = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-        if cfg is not None:
-            cfg(1, int(num_threads))  # 1 = kBig: all (equal) cores
 
 
 def shape_str(dims: Sequence[int]) -> str:

@@ -202,6 +202,80 @@ class GpuDefaultSchedule:
         return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="qcc.CpuDefaultSchedule")
+class CpuDefaultSchedule:
+    """CPU kernels that no template took (layer_norm, softmax, transposes, elementwise...): dlight's CPU
+    Reduction rule for row reductions, else the outer spatial loops of a single-block kernel run in parallel.
+    Without this TVM compiles them as serial scalar loop nests. Fault-tolerant: a rule that raises is skipped."""
+
+    MIN_PARALLEL = 4096  # elements; below this a parallel launch costs more than it saves
+
+    def __init__(self, target: tvm.target.Target) -> None:
+        from tvm.s_tir import dlight as dl
+
+        self.target = target
+        self.reduction = dl.cpu.Reduction()
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or _attr(func, SCHEDULED_ATTR):
+                continue
+            scheduled = None
+            try:
+                space = self.reduction.apply(func, self.target, False)
+                if space is not None:
+                    scheduled = (space[0] if isinstance(space, list) else space).mod["main"]
+            except Exception:  # the rule does not fit this kernel
+                scheduled = None
+            if scheduled is None:
+                scheduled = _parallel_outer(func, self.MIN_PARALLEL)
+            if scheduled is not None:
+                mod[gv] = scheduled.with_attr(SCHEDULED_ATTR, True)
+        return mod
+
+
+def _parallel_outer(func: tirx.PrimFunc, min_elems: int) -> tirx.PrimFunc | None:
+    """Fuse the leading spatial loops of a one-block kernel (up to 2^14 iterations) and run them in parallel."""
+    from tvm import s_tir
+
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+        if len(blocks) != 1:
+            return None
+        blk = blocks[0]
+        loops = sch.get_loops(blk)
+        kinds = [iv.iter_type for iv in sch.get(blk).iter_vars]
+        if not loops or len(kinds) != len(loops) or any(k != 0 for k in kinds):  # 0 = data parallel
+            return None
+        extents = [int(sch.get(lp).extent) for lp in loops]
+        total = 1
+        for e in extents:
+            total *= e
+        if total < min_elems:
+            return None
+        outer, prod = [], 1
+        for lp, e in zip(loops[:-1], extents[:-1]):
+            outer.append(lp)
+            prod *= e
+            if prod >= 64:
+                break
+        if not outer:
+            return None
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        return sch.mod["main"]
+    except Exception:
+        return None
+
+
+def _has_root(sch: Any) -> bool:
+    try:
+        sch.get_sblock("root")
+    except Exception:
+        return False
+    return True
+
+
 def _lowers_cleanly(func: tirx.PrimFunc) -> bool:
     """Whether a scheduled kernel survives the cross-thread-reduction lowering. In 0.27 dlight's reduction
     rules can produce rfactor schedules that this pass rejects later (seen on grouped int64 convolutions);
@@ -220,6 +294,8 @@ def schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     passes: list[tvm.transform.Pass] = [ApplySchedules(target)]
     if target.kind.name == "cuda":
         passes.append(GpuDefaultSchedule(target))
+    elif target.kind.name == "llvm":
+        passes.append(CpuDefaultSchedule(target))
     return passes
 
 

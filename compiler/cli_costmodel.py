@@ -1,0 +1,143 @@
+"""`qcc costmodel collect | train | eval`: the cost-model retraining job on the command line.
+
+The CLI is the one place that joins the layers: it imports models with the frontends, hands the TVM backend's
+candidate space and measuring function (`qcc.backends.tvm.measure`) to `qcc.costmodel.job.collect`, which
+itself imports no backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from qcc.errors import CostModelError, OptionError
+
+
+def _zoo_specs(which: str) -> list[dict[str, Any]]:
+    """Kernel specs of the test zoo (tests/zoo.py, importable from the repository root): benchmark and tiny
+    sizes, each kernel tagged with its model family."""
+    from qcc.costmodel.job import kernels_of_graph
+    from qcc.frontends import import_model
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        from tests import zoo
+    except ImportError as e:
+        raise OptionError(f"--models {which} needs tests/zoo.py (run from the qcc repository root): {e}") from None
+    sets = {"zoo": [zoo.TINY_ZOO, zoo.ZOO], "tiny": [zoo.TINY_ZOO]}[which]
+    specs: list[dict[str, Any]] = []
+    for table in sets:
+        for name, (factory, inputs) in table.items():
+            graph = import_model(factory(), inputs())
+            specs += kernels_of_graph(graph, name)
+    return specs
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from qcc.costmodel.database import MeasurementDB
+    from qcc.costmodel.job import collect, kernels_of_graph, random_variants
+
+    if args.target != "cpu":
+        raise OptionError(f"costmodel collect measures the cpu target only, got {args.target!r}")
+    specs: list[dict[str, Any]] = []
+    for m in args.models.split(","):
+        if m in ("zoo", "tiny"):
+            specs += _zoo_specs(m)
+        else:
+            from qcc.frontends import import_model
+
+            specs += kernels_of_graph(import_model(m), os.path.splitext(os.path.basename(m))[0])
+    specs += random_variants(specs, args.random, seed=args.seed)
+    from qcc.backends.tvm.kernels import configure_threads
+    from qcc.backends.tvm.kernels.params import CpuInfo
+    from qcc.backends.tvm.measure import Measurer, cpu_to_dict, space
+
+    configure_threads(args.num_threads)
+    cpu = CpuInfo.detect()
+    target = {**cpu_to_dict(cpu), "cores": args.num_threads}
+    measurer = Measurer(number=args.number, repeat=args.repeat, rpc=args.rpc, cpu=cpu)
+    with MeasurementDB(args.db) as db:
+        stats = collect(specs, db, lambda k, s, a: space(k, s, a, cpu), measurer, target,
+                        candidates_per_kernel=args.candidates, max_kernels=args.max_kernels, quiet=args.quiet)
+        counts = db.counts()
+    print(f"measured {stats['measured']} (failed {stats['failed']}, already in the database {stats['skipped']}) "
+          f"candidates of {stats['kernels']} kernels in {stats['seconds']:.0f} s: {stats['per_minute']:.0f} "
+          f"measurements/min; {args.db}: {counts}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qcc.costmodel.database import MeasurementDB
+    from qcc.costmodel.evaluate import cross_validate, format_report
+    from qcc.costmodel.model import LightGBMCostModel
+
+    with MeasurementDB(args.db) as db:
+        rows = db.rows()
+    if not rows:
+        raise CostModelError(f"{args.db} holds no successful measurements")
+    holdout = args.holdout.split(",") if args.holdout else None
+    report, _ = cross_validate(rows, holdout)
+    print(format_report(report))
+    model = LightGBMCostModel.fit(rows)
+    model.save(args.output)
+    print(f"wrote {args.output} (trained on {len(rows)} measurements)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qcc.costmodel.database import MeasurementDB
+    from qcc.costmodel.evaluate import cross_validate, evaluate, format_report, plot_fit
+    from qcc.costmodel.model import load_model
+
+    with MeasurementDB(args.db) as db:
+        rows = db.rows()
+    if not rows:
+        raise CostModelError(f"{args.db} holds no successful measurements")
+    if args.model:
+        report = evaluate(load_model(args.model), rows)
+        preds = report.pop("_pred")
+        title = f"{args.model} on {args.db} (in-sample unless the database is new)"
+        rows_used = rows
+    else:
+        report, (rows_used, preds) = cross_validate(rows, args.holdout.split(",") if args.holdout else None)
+        title = f"held-out models, {args.db}"
+    print(format_report(report))
+    if args.plot:
+        plot_fit(rows_used, preds, args.plot, title)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `costmodel` command group to the top-level subparsers."""
+    cm = sub.add_parser("costmodel", help="collect measurements, train and evaluate the learned cost model")
+    cs = cm.add_subparsers(dest="costmodel_command", required=True)
+    c = cs.add_parser("collect", help="measure kernel schedules of a model set into a database")
+    c.add_argument("--models", default="zoo", help="'zoo' (tests/zoo.py, both sizes), 'tiny', or ONNX files, "
+                   "comma separated")
+    c.add_argument("--target", default="cpu", help="cpu (the CUDA target uses the analytic model)")
+    c.add_argument("--db", required=True, help="SQLite measurement database (created or appended to)")
+    c.add_argument("--max-kernels", type=int, help="stop after this many distinct kernels")
+    c.add_argument("--candidates", type=int, default=8, help="schedules measured per kernel (default 8)")
+    c.add_argument("--random", type=int, default=24, help="random shape variants added (default 24)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--number", type=int, default=3, help="calls per timed repeat")
+    c.add_argument("--repeat", type=int, default=3, help="timed repeats")
+    c.add_argument("--num-threads", type=int, default=1, help="TVM threads while measuring (default 1: stable "
+                   "timings on a shared machine)")
+    c.add_argument("--rpc", help="measure on a TVM RPC server HOST:PORT or tracker:HOST:PORT:KEY")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(fn=cmd_collect)
+    t = cs.add_parser("train", help="train the LightGBM model; prints leave-one-model-out metrics")
+    t.add_argument("--db", required=True)
+    t.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.lgb)")
+    t.add_argument("--holdout", help="models to hold out for the printed metrics (default: each in turn)")
+    t.set_defaults(fn=cmd_train)
+    e = cs.add_parser("eval", help="evaluate a model (or leave-one-model-out training) on a database")
+    e.add_argument("--db", required=True)
+    e.add_argument("--model", help="a trained model file; without it, leave-one-model-out cross-validation")
+    e.add_argument("--holdout", help="models to hold out (without --model)")
+    e.add_argument("--plot", help="write a predicted-vs-measured PNG")
+    e.set_defaults(fn=cmd_eval)
