@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qcc.version import __version__
+from qcc.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from qcc.api import CompiledModel, compile, load
