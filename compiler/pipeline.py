@@ -43,7 +43,8 @@ PIPELINES: dict[str, Callable[[PassContext], list[Pass]]] = {
 QUANT_OPTIONS = ("calibration", "calibration_method", "weight_method", "per_channel", "group_size", "symmetric",
                  "keep_float", "nonlinear", "auto_fallback", "progress", "cache_dir",
                  "budget", "candidate_bits", "pin_first_last")
-# The options above that only the *-mixed targets take (qcc.passes.mixed.mixed_quantize_graph).
+# The options above that only mixed precision takes (qcc.passes.mixed.mixed_quantize_graph): the *-mixed targets,
+# and any integer target given a budget (cpu-int4 + budget allocates per-layer widths just as cpu-mixed does).
 MIXED_OPTIONS = ("budget", "candidate_bits", "pin_first_last")
 
 
@@ -60,21 +61,27 @@ def pipeline_for(target: Target, ctx: PassContext) -> list[Pass]:
 def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
     """Run the target's pipeline over an imported graph; integer targets are then quantized.
 
+    The *-mixed targets, and any integer target given a `budget`, choose per-layer weight widths under the budget
+    (candidates `candidate_bits`, default 4 and 8) before quantizing; a budget on a float target is an OptionError.
+
     The quantization report (`QuantReport`) is left in `ctx.options["quant_report"]`.
     """
     graph = run_passes(graph, pipeline_for(target, ctx), ctx)
     quant = {k: ctx.options[k] for k in QUANT_OPTIONS if k in ctx.options}
     mixed = {k: quant.pop(k) for k in MIXED_OPTIONS if k in quant}
-    if target.precision == "mixed":
+    if target.precision == "mixed" or (target.is_integer and mixed.get("budget") is not None):
         from qcc.passes.mixed import mixed_quantize_graph
 
-        graph, report = mixed_quantize_graph(graph, ctx=ctx, budget=mixed.pop("budget", None),
-                                             calibration=quant.pop("calibration", None), **mixed, **quant)
-        ctx.options["quant_report"] = report
+        graph, mixed_report = mixed_quantize_graph(graph, ctx=ctx, budget=mixed.pop("budget", None),
+                                                   calibration=quant.pop("calibration", None), **mixed, **quant)
+        ctx.options["quant_report"] = mixed_report
         return graph
     if mixed:
-        raise OptionError(f"option(s) {sorted(mixed)} apply only to the mixed-precision targets (cpu-mixed, "
-                          f"cuda-mixed), not {target.name!r}")
+        if target.is_integer:
+            raise OptionError(f"option(s) {sorted(mixed)} need a budget on {target.name!r}: mixed precision runs on "
+                              f"the *-mixed targets and on integer targets given budget=qcc.Budget(...)")
+        raise OptionError(f"option(s) {sorted(mixed)} (mixed precision) apply only to integer targets (cpu/cuda "
+                          f"int8, int4, mixed), not {target.name!r}")
     if target.is_integer:
         from qcc.passes.quant import quantize_graph
 

@@ -3,6 +3,8 @@ report, infeasible budgets, option errors, pareto and plot_bits."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -47,9 +49,48 @@ def test_infeasible_and_bad_options(setup):
     assert 3000 < e.value.minimum["size_bytes"] < 6000
     with pytest.raises(OptionError, match="budget"):
         qcc.compile(model, "cpu-mixed", example_inputs=(xte[:8],), calibration=calib, progress=False)
-    with pytest.raises(OptionError, match="mixed"):
-        qcc.compile(model, "cpu-int8", example_inputs=(xte[:8],), calibration=calib,
-                    budget=qcc.Budget(size_mb=1.0))
+    with pytest.raises(OptionError, match="integer targets"):  # a budget on a float target
+        qcc.compile(model, "cpu-fp32", example_inputs=(xte[:8],), budget=qcc.Budget(size_mb=1.0))
+    with pytest.raises(OptionError, match="need a budget"):  # allocation options on an integer target, no budget
+        qcc.compile(model, "cpu-int8", example_inputs=(xte[:8],), calibration=calib, candidate_bits=(4, 8))
+
+
+@pytest.mark.tvm
+def test_budget_on_a_uniform_integer_target_allocates_bits(setup):
+    """cpu-int4 + Budget(size_ratio=...) runs the same allocation as cpu-mixed (issue 6's `cuda-int4` example)."""
+    model, calib, xte = setup
+    lib = qcc.compile(model, "cpu-int4", example_inputs=(xte[:8],), calibration=calib,
+                      budget=qcc.Budget(size_ratio=0.25), progress=False)
+    report = lib.quant_report
+    text = lib.report()
+    assert "integer-only: yes" in text and "mixed precision (allocate-bits)" in text and "budget size_bytes" in text
+    assert report.integer_only and set(report.allocation.bits.values()) == {4, 8}
+    limit = report.allocation.limits["size_bytes"]
+    assert limit == pytest.approx(0.25 * report.float_total_bytes)
+    assert report.total_bytes <= limit and report.allocation.allocation.used["size_bytes"] == report.total_bytes
+    assert set(lib.graph.op_counts()) >= {"qconv2d", "qlinear"}
+    for i in range(0, len(xte), 8):
+        np.testing.assert_array_equal(lib(xte[i:i + 8]), qcc.interpret(lib.graph, [xte[i:i + 8]])[0])
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_int4_with_a_budget_compiles_and_exports(setup, tmp_path):
+    model, calib, xte = setup
+    lib = qcc.compile(model, "cuda-int4", example_inputs=(xte[:8],), calibration=calib,
+                      budget=qcc.Budget(size_ratio=0.25), progress=False)
+    text = lib.report()
+    assert "integer-only: yes" in text and "TIR no-float check: passed" in text and "(allocate-bits)" in text
+    assert set(lib.quant_report.allocation.bits.values()) == {4, 8}
+    assert lib.quant_report.total_bytes <= 0.25 * lib.quant_report.float_total_bytes
+    lib.export_library(tmp_path / "q.so")
+    lib2 = qcc.load(tmp_path / "q.so")
+    assert lib2.target.name == "cuda-int4" and "mixed precision (allocate-bits)" in lib2.report()
+    from qcc.backends.tvm.executable import cuda_available
+
+    if cuda_available():  # on a GPU machine the library must also agree with the interpreter bit for bit
+        np.testing.assert_array_equal(lib2(xte[:8]), qcc.interpret(lib.graph, [xte[:8]])[0])
 
 
 def test_pareto_rows_and_plot(setup, tmp_path):
