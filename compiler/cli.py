@@ -151,9 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", help="calibration data (.npz by input name or .npy) for integer targets")
     c.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy", "mse"])
     c.add_argument("--budget", action="append", metavar="KEY=VALUE",
-                   help="bit-allocation budget for integer targets (cpu-mixed, cpu-int4, ...): size_mb, size_ratio, bops, "
-                        "latency_ms "
-                        "(comma-separated or repeated), e.g. --budget size_mb=0.05")
+                   help="bit-allocation budget for integer targets (cpu-mixed, cpu-int4, ...): size_mb, "
+                        "size_ratio, bops, latency_ms (comma-separated or repeated), e.g. --budget size_mb=0.05")
     c.add_argument("--tune", action="store_true",
                    help="measure a few parameter candidates per CPU kernel and record the winners in the tuning "
                         "database ($QCC_TUNE_DB, default ~/.cache/qcc/tuning.json) that later compiles reuse")
