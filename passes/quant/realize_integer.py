@@ -27,6 +27,7 @@ from qcc.errors import OptionError
 from qcc.ir.graph import Attr, Graph, Node, Value
 from qcc.ir.ops.quant import INT_RANGES
 from qcc.ir.pass_manager import PassContext
+from qcc.ir.rewrite import remove_dead_nodes
 from qcc.ir.types import FLOAT_DTYPES
 from qcc.passes._stats import record_stats
 from qcc.passes.quant import realize_nonlinear as nl
@@ -227,20 +228,6 @@ class _Realizer:
         return nl.layer_norm(em, n, x, gamma, beta, target, self.nonlinear)
 
 
-def remove_dead(g: Graph) -> int:
-    """Drop nodes whose outputs nothing reads and params nothing reads; returns the number of nodes removed."""
-    used = set(g.outputs)
-    keep: list[Node] = []
-    for n in reversed(g.nodes):
-        if any(v in used for v in n.outputs):
-            keep.append(n)
-            used.update(n.inputs)
-    removed = len(g.nodes) - len(keep)
-    g.nodes = keep[::-1]
-    g.params = {v: a for v, a in g.params.items() if v in used}
-    return removed
-
-
 @dataclass(frozen=True)
 class RealizeInteger:
     """Replace each `dequantize → op → quantize` with integer ops and dyadic requantization.
@@ -262,6 +249,6 @@ class RealizeInteger:
             replaced = r.realize(n) if n.op == "quantize" else None
             nodes.extend(replaced if replaced is not None else [n])
         g.nodes = nodes
-        removed = remove_dead(g)
+        removed = remove_dead_nodes(g)
         record_stats(ctx, self.name, {**{f"realized-{k}": v for k, v in r.counts.items()}, "removed": removed})
         return g
