@@ -103,8 +103,17 @@ def _centered(t: te.Tensor, zp: int, name: str) -> te.Tensor:
     return te.compute(t.shape, lambda *i: i64(t(*i)) - const(int(zp), I64), name=name)
 
 
+def _try_int8_template(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr | None:
+    """The AVX-512 VNNI template for qconv2d / qlinear (kernels/int8.py), or None to use the generic rule."""
+    from qcc.backends.tvm.kernels import int8
+
+    return int8.try_lower(ctx, node, args)
+
+
 @lowers("qconv2d")
 def _lower_qconv2d(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    if (fast := _try_int8_template(ctx, node, args)) is not None:
+        return fast
     a = node.attrs
     stride, padding = tuple(a["stride"]), tuple(a["padding"])
     dilation, groups = tuple(a["dilation"]), int(a["groups"])
@@ -125,6 +134,8 @@ def _lower_qconv2d(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.E
 
 @lowers("qlinear")
 def _lower_qlinear(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    if (fast := _try_int8_template(ctx, node, args)) is not None:
+        return fast
     a = node.attrs
     out_shape = node.outputs[0].shape
     k_extent = node.inputs[1].shape[1]
