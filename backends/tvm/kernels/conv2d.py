@@ -84,6 +84,22 @@ class _Io:
             return te.if_then_else(inside, self.X[n, c // self.icb, hh, ww, c % self.icb], 0.0)
         return te.if_then_else(te.all(inside, c < s.C), self.X[n, te.min(c, s.C - 1), hh, ww], 0.0)
 
+    def padded_input(self, block: int, ow_bn: int) -> tuple[Any, int]:
+        """The input as [N, Cb, Hn, Wn, block] covering every row/column a direct conv touches (padding and the
+        output width rounded up to `ow_bn` included), or X itself when no copy is needed; returns (D, OWp)."""
+        from tvm import te
+
+        s = self.s
+        (sh, sw), (dh, dw) = s.stride, s.dilation
+        pt, pl, _, _ = s.padding
+        OWp = _ceil(s.OW, ow_bn) * ow_bn
+        Hn = (s.OH - 1) * sh + (s.KH - 1) * dh + 1  # rows / columns of the padded input the conv touches
+        Wn = (OWp - 1) * sw + (s.KW - 1) * dw + 1
+        if self.data_layout == "NCHW" or pt or pl or Hn > s.H or Wn > s.W:
+            return te.compute((s.N, self.Cb, Hn, Wn, block),
+                              lambda n, q, h, w, v: self.x_at(n, q * block + v, h - pt, w - pl), name="data_pad"), OWp
+        return self.X, OWp
+
     def output(self, acc: Any, epilogue: Epilogue, name: str = "out") -> tuple[Any, list[Any], list[ArgSpec]]:
         """The epilogue stage reading acc [N, Ob, OH, OW(p), ocb]; returns (out, extra inputs, their specs)."""
         from tvm import te
@@ -154,16 +170,8 @@ def conv2d_direct(s: Conv2dShape, p: ConvParams, epilogue: Epilogue = (), data_l
         raise BackendError(f"oc_tile {p.oc_tile} does not divide the {io.Ob} output blocks")
     cgb = _ceil(cg, icb)
     (sh, sw), (dh, dw) = s.stride, s.dilation
-    pt, pl, _, _ = s.padding
-    OWp = _ceil(s.OW, p.ow_bn) * p.ow_bn
-    Hn = (s.OH - 1) * sh + (s.KH - 1) * dh + 1  # rows / columns of the padded input the conv touches
-    Wn = (OWp - 1) * sw + (s.KW - 1) * dw + 1
-    needs_copy = data_layout == "NCHW" or pt or pl or Hn > s.H or Wn > s.W
-    if needs_copy:
-        D = te.compute((s.N, io.Cb, Hn, Wn, icb), lambda n, q, h, w, v: io.x_at(n, q * icb + v, h - pt, w - pl),
-                       name="data_pad")
-    else:
-        D = io.X
+    D, OWp = io.padded_input(icb, p.ow_bn)
+    needs_copy = D is not io.X
     W = te.placeholder((io.Ob, cgb, s.KH, s.KW, icb, ocb), "float32", "w_packed")
     rq = te.reduce_axis((0, cgb), "icq")
     rh, rw, rv = te.reduce_axis((0, s.KH), "kh"), te.reduce_axis((0, s.KW), "kw"), te.reduce_axis((0, icb), "ici")

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcc.backends.tvm.kernels.conv2d import _Io
+from qcc.backends.tvm.kernels.conv2d import _ceil, _Io
 from qcc.backends.tvm.kernels.epilogue import Epilogue
 from qcc.backends.tvm.kernels.kernel import ArgSpec, Kernel, shape_str
 from qcc.backends.tvm.kernels.params import Conv2dShape, DepthwiseParams
 from qcc.errors import BackendError
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
@@ -50,16 +46,8 @@ def depthwise_kernel(s: Conv2dShape, p: DepthwiseParams, epilogue: Epilogue = ()
     cb = p.c_bn
     io = _Io(s, cb, cb, data_layout, out_layout)
     (sh, sw), (dh, dw) = s.stride, s.dilation
-    pt, pl, _, _ = s.padding
-    OWp = _ceil(s.OW, p.ow_bn) * p.ow_bn
-    Hn = (s.OH - 1) * sh + (s.KH - 1) * dh + 1
-    Wn = (OWp - 1) * sw + (s.KW - 1) * dw + 1
-    needs_copy = data_layout == "NCHW" or pt or pl or Hn > s.H or Wn > s.W
-    if needs_copy:
-        D = te.compute((s.N, io.Cb, Hn, Wn, cb), lambda n, q, h, w, v: io.x_at(n, q * cb + v, h - pt, w - pl),
-                       name="data_pad")
-    else:
-        D = io.X
+    D, OWp = io.padded_input(cb, p.ow_bn)
+    needs_copy = D is not io.X
     W = te.placeholder((io.Cb, s.KH, s.KW, cb), "float32", "w_packed")
     rh, rw = te.reduce_axis((0, s.KH), "kh"), te.reduce_axis((0, s.KW), "kw")
     acc = te.compute((s.N, io.Cb, s.OH, OWp, cb), lambda n, q, i, j, v: te.sum(
