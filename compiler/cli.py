@@ -47,6 +47,9 @@ def _target_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["quiet"] = bool(args.quiet)
     if getattr(args, "calibration_method", None):
         opts["calibration_method"] = args.calibration_method
+    for key in ("scratchpad_kb", "dram_gbps", "schedule", "schedule_time_limit"):  # accel-* targets
+        if getattr(args, key, None) is not None:
+            opts[key] = getattr(args, key)
     if getattr(args, "budget", None):
         from qcc.budget import Budget
 
@@ -109,6 +112,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_disasm(args: argparse.Namespace) -> int:
+    from qcc.backends.accel.program import load_qbin
+
+    exe, _ = load_qbin(args.library)
+    p = exe.program
+    print(f"// {args.library}: {exe.target}, scratchpad {p.capacity} B, DRAM image {p.dram_size} B, "
+          f"weights {len(p.weights)} B")
+    print(exe.disassemble(), end="")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from qcc.frontends import import_model
     from qcc.ir.pass_manager import PassContext
@@ -159,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cost-model", help="learned cost model (qcc costmodel train) ranking kernel schedules; "
                    "'analytic' for the analytic one (default: the model shipped for the CPU)")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.add_argument("--scratchpad-kb", type=int, help="accel-*: scratchpad size in KiB (default 256)")
+    c.add_argument("--dram-gbps", type=float, help="accel-*: DRAM bandwidth in GB/s (default 25.6)")
+    c.add_argument("--schedule", choices=["ilp", "dc", "lru", "belady"], help="accel-*: scratchpad scheduler")
+    c.add_argument("--schedule-time-limit", type=float, help="accel-*: scheduler time limit in seconds")
     c.set_defaults(fn=cmd_compile)
+
+    d = sub.add_parser("disasm", help="print the program of an accelerator library (.qbin)")
+    d.add_argument("library")
+    d.set_defaults(fn=cmd_disasm)
 
     r = sub.add_parser("run", help="run a compiled library on .npy/.npz inputs")
     r.add_argument("library")

@@ -106,3 +106,10 @@ class CostModelError(QccError):
     of another feature version, or bad kernel descriptions."""
 
     exit_code = 13
+
+
+class ScratchpadError(QccError):
+    """A scratchpad schedule problem or schedule is invalid: a task whose operands can never fit, an overlap,
+    an access to a buffer that is not resident, an output never stored; the message names the task or buffer."""
+
+    exit_code = 14
