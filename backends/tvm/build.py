@@ -34,8 +34,12 @@ def make_tvm_target(tdict: dict[str, Any]) -> tvm.target.Target:
         raise BackendError(f"TVM rejected target {tdict}: {e}") from e
 
 
-def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = None) -> tvm.transform.Pass:
-    """qcc's Relax pipeline for `target`; fills `report["kernels"]` with the kernel -> ops table."""
+def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = None,
+                   fuse_ops: bool = True) -> tvm.transform.Pass:
+    """qcc's Relax pipeline for `target`; fills `report["kernels"]` with the kernel -> ops table. Without
+    `fuse_ops` TVM's FuseOps / FuseTIR are skipped (fusion="off"). With fusion="auto" FuseOps runs after qcc's
+    grouping: the fused kernels of lower_fused are opaque to it, so it only merges what qcc left alone (the Relax
+    ops templates emit, such as layout transposes, with their neighbours)."""
     if target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as backend
     else:
@@ -51,9 +55,9 @@ def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = No
                     relax.transform.LegalizeOps(),
                     relax.transform.AnnotateTIROpPattern(),
                     relax.transform.FoldConstant(),
-                    relax.transform.FuseOps(),
-                    RecordFusedOps(fused),
-                    relax.transform.FuseTIR(),
+                    # unused calls (a template's superseded call) must go: FuseOps drops them, else DCE
+                    *([relax.transform.FuseOps(), RecordFusedOps(fused), relax.transform.FuseTIR()] if fuse_ops
+                      else [relax.transform.DeadCodeElimination()]),
                     TagFusedOps(fused),
                     # the no-float check of integer builds, on the fused kernels before scheduling
                     *([CheckIntegerTIR(report)] if report is not None and report.get("integer") else []),
@@ -64,18 +68,26 @@ def relax_pipeline(target: tvm.target.Target, report: dict[str, Any] | None = No
                 report["kernels"] = kernel_ops(mod)
             mod = tvm.transform.Sequential(backend.dataflow_lower_passes(target)
                                            + backend.finalize_passes(target))(mod)
+            if report is not None:
+                from qcc.backends.tvm.lower_fused import count_launches
+
+                report["launches"] = count_launches(mod)
         return mod
 
     return _pipeline
 
 
 def build(graph: Graph, target: Target | str, tune: bool = False, quiet: bool = True,
-          templates: bool | None = None) -> TVMExecutable:
+          templates: bool | None = None, fusion: str = "tvm") -> TVMExecutable:
     """Compile `graph` for a cpu or cuda qcc target; fp16 targets compute f32 values in float16.
 
     cpu-fp32 routes conv2d / linear / matmul through the kernel templates (`lower_templates`); `tune` measures
     their parameter candidates and records the winners in the tuning database (progress unless `quiet`).
-    `templates=False` lowers every node with the generic rules (the schedule registry then sees them)."""
+    `templates=False` lowers every node with the generic rules (the schedule registry then sees them).
+    `fusion`: "auto" (qcc's fuse pass decides the kernels), "off" (one kernel per node, no epilogues) or "tvm"
+    (TVM's FuseOps, the default here)."""
+    if fusion not in ("auto", "off", "tvm"):
+        raise BackendError(f"fusion must be 'auto', 'off' or 'tvm', got {fusion!r}")
     target = target if isinstance(target, Target) else Target(target)
     if target.device not in ("cpu", "cuda"):
         raise BackendError(f"the TVM backend builds for cpu and cuda targets, not {target.name!r}")
@@ -87,9 +99,10 @@ def build(graph: Graph, target: Target | str, tune: bool = False, quiet: bool = 
     try:
         with tvm_target:  # GPU TOPI kernels read the current target (thread limits)
             lowered = lower(graph, device=target.device, float16=target.precision == "fp16", tune=tune, quiet=quiet,
-                            templates=templates)
+                            templates=templates, fusion=fusion)
         with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(lowered.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report))
+            ex = tvm.compile(lowered.mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target, report,
+                                                                                      fuse_ops=fusion != "off"))
     except QccError:
         raise
     except Exception as e:
@@ -99,6 +112,7 @@ def build(graph: Graph, target: Target | str, tune: bool = False, quiet: bool = 
     exe = TVMExecutable(ex, target, tdict, inputs, outputs, kernels=report.get("kernels", {}))
     exe.lowering_stats = dict(lowered.stats)  # type: ignore[attr-defined]
     exe.tir_check = report.get("tir_check")  # type: ignore[attr-defined]
+    exe.launches = report.get("launches")  # type: ignore[attr-defined]  (kernel launches per run)
     return exe
 
 

@@ -19,6 +19,11 @@ The conv2d / linear bias input becomes the leading ("bias",) step. The fused ker
 member of the group stands in the node order, so every residual is already computed there. `find_groups`
 only decides the grouping; whether a template accepts the shapes is decided when lowering, which lowers the
 members one by one with the generic rules when it does not.
+
+When the graph carries the decisions of the fuse pass (`qcc.passes.fuse`, `fusion="auto"`), the chain is the
+pass's anchor+epilogue group instead of the rule above: its members are folded while they map onto template
+steps, and the members after the first one that does not (a sigmoid, a requantize...) are the group's `tail`,
+which the lowering fuses into one generic kernel. With `fusion="off"` anchors fold nothing but their own bias.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Group:
     steps: list[tuple[Any, ...]] = field(default_factory=list)
     bias: np.ndarray | None = None  # the [channels] bias of the ("bias",) step
     residuals: list[Value] = field(default_factory=list)  # one per ("add",) step, in order
+    tail: list[Node] = field(default_factory=list)  # members of the fuse pass's group after the template's chain
 
     @property
     def output(self) -> Value:
@@ -126,8 +132,21 @@ def _step(node: Node, v: Value, group: Group, graph: Graph) -> tuple[Any, ...] |
     return None
 
 
-def find_groups(graph: Graph) -> list[Group]:
-    """Every anchor of `graph` with its folded epilogue chain, in node order (see the module docstring)."""
+def _meta_chain(graph: Graph, node: Node) -> list[Node] | None:
+    """The members after `node` of its fuse-pass group (None when the graph carries no fusion meta)."""
+    gid = node.meta.get("fusion_group")
+    if gid is None:
+        return None
+    if node.meta.get("fusion_kind") != "anchor+epilogue":
+        return []
+    return [n for n in graph.nodes if n.meta.get("fusion_group") == gid and n is not node]
+
+
+def find_groups(graph: Graph, fusion: str = "tvm") -> list[Group]:
+    """Every anchor of `graph` with its folded epilogue chain, in node order (see the module docstring).
+
+    `fusion`: "tvm" (the rule above), "auto" (the fuse pass's groups when the graph has them, else the rule),
+    "off" (no epilogue)."""
     users = graph.users()
     outputs = set(graph.outputs)
     groups: list[Group] = []
@@ -143,6 +162,19 @@ def find_groups(graph: Graph) -> list[Group]:
             g.bias = np.asarray(graph.params[node.inputs[2]], np.float32).reshape(-1)
             g.steps.append(("bias",))
         v = node.outputs[0]
+        chain = _meta_chain(graph, node) if fusion == "auto" else [] if fusion == "off" else None
+        if chain is not None:
+            for i, nxt in enumerate(chain):
+                step = None if nxt in claimed or v not in nxt.inputs else _step(nxt, v, g, graph)
+                if step is None:
+                    g.tail = chain[i:]
+                    break
+                g.steps.append(step)
+                g.members.append(nxt)
+                v = nxt.outputs[0]
+            claimed.update(g.members)
+            groups.append(g)
+            continue
         while v not in outputs and len(users.get(v, [])) == 1:
             nxt = users[v][0]
             if nxt in claimed:

@@ -12,6 +12,11 @@
   multiples of the vector width) and every other node go through the generic rules of `LOWER` on NCHW
   inputs.
 
+With `fusion="auto"` the anchors' epilogues are the fuse pass's groups (`epilogue_groups`); the other fused groups
+and the tails of anchor groups that a template cannot fold become one generic kernel each (`lower_fused`), except
+groups touching a value the layout pass keeps in NCHW[x]c (those run on the blocked kernels, one per node).
+`fusion="off"`: anchors fold no epilogue and nothing else fuses.
+
 With `tune`, each template kernel first measures a few parameter candidates (`kernels.tune`) unless the
 tuning database already holds a record for it; the winners are stored there and reused by later compiles.
 `stats` counts what was emitted (template kernels by kind, fused epilogue steps, layout transforms).
@@ -34,6 +39,7 @@ from qcc.backends.tvm.kernels import params as P
 from qcc.backends.tvm.kernels.layout import layout_kernel, to_nchwc
 from qcc.backends.tvm.layout import BLOCKED, PLAIN, assign_layouts, blocked_op, conv_blockable
 from qcc.backends.tvm.lower_base import LowerCtx
+from qcc.backends.tvm.lower_fused import FusedLowering
 from qcc.errors import BackendError
 from qcc.ir.graph import Graph, Node, Value
 
@@ -49,12 +55,12 @@ class TemplateLowering:
     """Lower the nodes of one graph, template kernels first (see the module docstring)."""
 
     def __init__(self, ctx: LowerCtx, graph: Graph, lower_generic: Any, tune: bool = False, quiet: bool = True,
-                 cpu: CpuInfo | None = None) -> None:
+                 cpu: CpuInfo | None = None, fusion: str = "tvm") -> None:
         self.ctx, self.graph, self.lower_generic = ctx, graph, lower_generic
         self.tune, self.quiet = tune, quiet
         self.cpu = cpu or CpuInfo.detect()
         self.block = self.cpu.lanes
-        self.groups = find_groups(graph)
+        self.groups = find_groups(graph, fusion)
         self.by_last = {g.last: g for g in self.groups}
         self.inside = {m for g in self.groups for m in g.members[:-1]}
         self.layouts = assign_layouts(graph, self.groups, self.block)
@@ -62,6 +68,12 @@ class TemplateLowering:
         self.actual: dict[Value, str] = {}  # the layout each env entry is in
         self.converted: dict[tuple[Value, str], relax.Expr] = {}
         self.stats: Counter[str] = Counter()
+        self.fused: FusedLowering | None = None
+        if fusion == "auto":
+            claimed = {m for g in self.groups for m in g.members}
+            self.fused = FusedLowering(ctx, graph, lower_generic, exclude=claimed, stats=self.stats)
+            self.fused.drop({n for n in graph.nodes if n not in claimed and n.outputs
+                             and self.layouts.get(n.outputs[0], PLAIN) == BLOCKED})
 
     # -- values and layouts -------------------------------------------------------------------------------
     def set(self, v: Value, expr: relax.Expr, layout: str = PLAIN) -> None:
@@ -115,8 +127,14 @@ class TemplateLowering:
                 self.stats["declined"] += 1
                 if self.tune and not self.quiet:
                     print(f"qcc: {g.anchor.op} {g.anchor.name!r}: generic kernel ({e})", file=sys.stderr)
+            if self.fused is not None:  # the anchor's TE and its epilogue as one generic kernel
+                self.fused.lower_members(g.members, self._plain, self._put_plain)
+                return
             for m in g.members:
                 self.generic(m)
+            return
+        if self.fused is not None and self.fused.owns(node):
+            self.fused.lower(node, self._plain, self._put_plain)
             return
         out_layout = self.layouts.get(node.outputs[0], PLAIN) if node.outputs else PLAIN
         if out_layout == BLOCKED and blocked_op(node, [self.actual.get(v, PLAIN) for v in node.inputs] + [BLOCKED],
@@ -124,6 +142,12 @@ class TemplateLowering:
             self.lower_blocked(node)
         else:
             self.generic(node)
+
+    def _plain(self, v: Value) -> relax.Expr:
+        return self.get(v, PLAIN)
+
+    def _put_plain(self, v: Value, expr: relax.Expr) -> None:
+        self.set(v, expr, PLAIN)
 
     def generic(self, node: Node) -> None:
         args = [self.get(v, PLAIN) for v in node.inputs]
