@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from qcc.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from qcc.api import CompiledModel, compile, load
+    from qcc.api import CompiledModel, compile, load, plot_schedule
     from qcc.budget import Budget
     from qcc.interpreter import interpret
     from qcc.mixed import pareto, plot_bits
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Lazy re-exports keep `import qcc` light.
-    if name in ("compile", "load", "CompiledModel", "import_model"):
+    if name in ("compile", "load", "CompiledModel", "import_model", "plot_schedule"):
         from qcc import api
 
         return getattr(api, name)
@@ -42,4 +42,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qcc' has no attribute {name!r}")
 
 
-__all__ = ["Budget", "CompiledModel", "Target", "compile", "interpret", "load", "import_model", "pareto", "plot_bits"]
+__all__ = ["Budget", "CompiledModel", "Target", "compile", "interpret", "load", "import_model", "plot_schedule",
+           "pareto", "plot_bits"]

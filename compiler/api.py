@@ -16,12 +16,14 @@ from qcc.interpreter import bind_inputs
 from qcc.ir.graph import Graph
 from qcc.ir.pass_manager import PassContext
 from qcc.ir.printer import print_graph
-from qcc.pipeline import QUANT_OPTIONS, build, load_executable, optimize
+from qcc.pipeline import QUANT_OPTIONS, build, fuse, load_executable, optimize
 from qcc.target import OPTIONS, Target
 
 # Compile options that are not target options (target options are listed in qcc.target.OPTIONS).
 COMPILE_OPTIONS = ("input_shapes", "print_after_all", "print_after", "dump_dir", "verify", "out", "tune", "quiet",
-                   "cost_model", *QUANT_OPTIONS)
+                   "cost_model", "schedule", "schedule_time_limit",  # accel-*: scheduler method, time limit
+                   "calibration_runner", "fusion", "attention", "attention_tile", "gnn_fuse",
+                   *QUANT_OPTIONS)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -52,6 +54,8 @@ class CompiledModel:
         self.tir_check = tir_check if tir_check is not None else getattr(executable, "tir_check", None)
         self.tir_text: str | None = tir_check if isinstance(tir_check, str) else (
             self.tir_check.text() if self.tir_check is not None else None)
+        self.gnn_before: Any = None  # qcc.passes.gnn.analysis.GraphCost of the graph before the GNN passes
+        self.gnn_rules: dict[str, int] | None = None  # gnn-reorganize's rule counts
 
     def __call__(self, *inputs: Any, **named: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run on inputs given by position or by input name; one output → an array, several → a tuple."""
@@ -117,8 +121,14 @@ class CompiledModel:
             lines.append(f"  parameters: {nparams} values, {nbytes / 1e6:.3f} MB")
         if self.imported_ops:
             lines.append(f"  imported: {sum(self.imported_ops.values())} ops")
+        lines += self._kernel_lines()
         if self.pass_timings:
             lines.append("  passes: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.pass_timings.items()))
+        if self.graph is not None:
+            lines.extend(self._gnn_section())
+        accel_report = getattr(self._exe, "accel_report", None)  # accel-*: schedule, scratchpad, traffic, cycles
+        if callable(accel_report):
+            lines.append(accel_report())
         if self.quant_text is not None:
             lines.append(self.quant_text)
             if self.tir_text is not None:
@@ -128,6 +138,32 @@ class CompiledModel:
         else:
             lines.append(f"  precision: {self.target.precision} (floating point throughout)")
         return "\n".join(lines)
+
+    def _kernel_lines(self) -> list[str]:
+        """The kernels the fuse pass decided (qcc.passes.fuse): counts, then name, kind, ops, predicted time."""
+        if self.graph is None or not any("fusion_group" in n.meta for n in self.graph.nodes):
+            return []
+        from qcc.passes.fuse import summary
+
+        s = summary(self.graph)
+        launches = getattr(self._exe, "launches", None)
+        lines = [f"  kernels: {s['kernels_before']} ops -> {s['kernels_after']} kernels after fusion"
+                 + (f", {launches} launches per run" if launches is not None else "")]
+        for r in s["groups"]:
+            lines.append(f"    {r['name']:<28} {r['kind']:<16} [{', '.join(r['ops'])}]  predicted "
+                         f"{r['predicted_s'] * 1e6:.1f} us (unfused {r['unfused_s'] * 1e6:.1f} us)"
+                         + (f"; declined: {'; '.join(r['declined'])}" if r["declined"] else ""))
+        return lines
+
+    def _gnn_section(self) -> list[str]:
+        """FLOPs / bytes moved / peak memory before the GNN passes and after all passes, for message-passing graphs."""
+        from qcc.passes.gnn.analysis import analyze, format_analysis
+        from qcc.passes.gnn.graph_ops import has_graph_ops
+
+        before = getattr(self, "gnn_before", None)
+        if self.graph is None or (before is None and not has_graph_ops(self.graph)):
+            return []
+        return [format_analysis(before, analyze(self.graph), getattr(self, "gnn_rules", None))]
 
     def __repr__(self) -> str:
         return f"<qcc.CompiledModel target={self.target} inputs={self.input_names}>"
@@ -152,7 +188,13 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     `print_after=[pass names]` (IR to `out`, default stderr), `dump_dir=path`, `verify=False`, `tune=True`
     (cpu: measure kernel parameter candidates, record the winners in the tuning database; progress on stderr
     unless `quiet=True`), `cost_model="model.lgb"` (the learned model that ranks kernel schedules without a
-    tuning record; "analytic" for the analytic one; default: the model shipped for the CPU), and target
+    tuning record; "analytic" for the analytic one; default: the model shipped for the CPU),
+    `calibration_runner="auto"|"interpreter"|"tvm"` (integer targets: observe the calibration batches with the
+    reference interpreter or a float TVM build of the graph; "auto" builds when the model is large),
+    `fusion="auto"` (the fuse pass groups nodes into kernels) or "off" (one kernel per op),
+    `attention="auto"` (float targets: softmax(Q·Kᵀ·s + mask)·V becomes one tiled attention kernel), "on" (also
+    integer targets: the integer chain becomes one exact `qattention` kernel) or "off",
+    `attention_tile=(br, bc)` (force the attention kernel's query / key tile sizes), and target
     options such as `num_threads`, `mcpu`, `arch`.
     """
     if not isinstance(target, (str, Target)):
@@ -167,13 +209,25 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     ctx = PassContext(target=tgt, options=opts, verify_each=opts.get("verify", True), print_after=print_after,
                       out=opts.get("out"), dump_dir=Path(dump) if dump else None)
     graph = optimize(graph, tgt, ctx)
+    graph = fuse(graph, tgt, ctx)  # fusion="auto" | "off": the kernels the backend emits
     from qcc.costmodel.model import using
 
     with using(opts.get("cost_model")):  # a model file ranks kernel schedules (default: the shipped CPU model)
-        exe = build(graph, tgt, {k: opts[k] for k in ("tune", "quiet") if k in opts})
+        exe = build(graph, tgt, {k: opts[k] for k in ("tune", "quiet", "fusion", "schedule", "schedule_time_limit")
+                                 if k in opts})
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    return CompiledModel(exe, tgt, print_graph(graph), [v.name for v in graph.inputs], graph, ctx.timings,
-                         source, imported_ops, ctx.options.get("quant_report"))
+    compiled = CompiledModel(exe, tgt, print_graph(graph), [v.name for v in graph.inputs], graph, ctx.timings,
+                             source, imported_ops, ctx.options.get("quant_report"))
+    compiled.gnn_before = ctx.options.get("gnn_analysis_before")  # set by gnn-reorganize (message-passing graphs)
+    compiled.gnn_rules = ctx.options.get("gnn_rules")
+    return compiled
+
+
+def plot_schedule(lib: CompiledModel, path: str | os.PathLike[str]) -> None:
+    """Plot an accel-* library's scratchpad occupancy over time, buffer by buffer, to an image (matplotlib)."""
+    from qcc.backends.accel.report import plot_schedule as _plot
+
+    _plot(lib, path)
 
 
 def load(path: str | os.PathLike[str]) -> CompiledModel:

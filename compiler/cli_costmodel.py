@@ -37,10 +37,22 @@ def _zoo_specs(which: str) -> list[dict[str, Any]]:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from qcc.costmodel.database import MeasurementDB
-    from qcc.costmodel.job import collect, kernels_of_graph, random_variants
+    from qcc.costmodel.job import collect, integer_specs, kernels_of_graph, random_int_variants, random_variants
 
     if args.target != "cpu":
         raise OptionError(f"costmodel collect measures the cpu target only, got {args.target!r}")
+    try:
+        int_bits = [int(b) for b in args.int_bits.split(",") if b.strip()] if args.int_bits != "none" else []
+    except ValueError:
+        raise OptionError(f"--int-bits expects widths like 4,8 or 'none', got {args.int_bits!r}") from None
+    if any(b not in (4, 8) for b in int_bits):
+        raise OptionError(f"--int-bits: integer kernels are measured with 4- or 8-bit weights, got {int_bits}")
+    if int_bits and args.rpc:
+        raise OptionError("integer kernels are measured on this machine only; add --int-bits none with --rpc")
+    if int_bits:
+        from qcc.backends.tvm.measure import preload
+
+        preload()  # before the models are imported (see preload)
     specs: list[dict[str, Any]] = []
     for m in args.models.split(","):
         if m in ("zoo", "tiny"):
@@ -49,17 +61,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
             from qcc.frontends import import_model
 
             specs += kernels_of_graph(import_model(m), os.path.splitext(os.path.basename(m))[0])
-    specs += random_variants(specs, args.random, seed=args.seed)
+    base = list(specs)
+    if not args.no_float:
+        specs += random_variants(base, args.random, seed=args.seed)
+    else:
+        specs = []
+    if int_bits:
+        specs += integer_specs(base, int_bits) + random_int_variants(base, args.int_random, args.seed, int_bits)
     from qcc.backends.tvm.kernels import configure_threads
     from qcc.backends.tvm.kernels.params import CpuInfo
-    from qcc.backends.tvm.measure import Measurer, cpu_to_dict, space
+    from qcc.backends.tvm.measure import AnyMeasurer, IntMeasurer, Measurer, any_space, cpu_to_dict
 
     configure_threads(args.num_threads)
     cpu = CpuInfo.detect()
     target = {**cpu_to_dict(cpu), "cores": args.num_threads}
-    measurer = Measurer(number=args.number, repeat=args.repeat, rpc=args.rpc, cpu=cpu)
+    measurer = AnyMeasurer(Measurer(number=args.number, repeat=args.repeat, rpc=args.rpc, cpu=cpu),
+                           IntMeasurer(number=args.number, repeat=args.repeat, num_threads=args.num_threads))
     with MeasurementDB(args.db) as db:
-        stats = collect(specs, db, lambda k, s, a: space(k, s, a, cpu), measurer, target,
+        stats = collect(specs, db, lambda k, s, a: any_space(k, s, a, cpu), measurer, target,
                         candidates_per_kernel=args.candidates, max_kernels=args.max_kernels, quiet=args.quiet)
         counts = db.counts()
     print(f"measured {stats['measured']} (failed {stats['failed']}, already in the database {stats['skipped']}) "
@@ -123,6 +142,10 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--candidates", type=int, default=8, help="schedules measured per kernel (default 8)")
     c.add_argument("--random", type=int, default=24, help="random shape variants added (default 24)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--int-bits", default="4,8", help="weight widths of the integer kernels (qconv2d / qlinear + "
+                   "requantize, u8 activations) measured for every conv / dense layer; 'none' for float only")
+    c.add_argument("--int-random", type=int, default=16, help="random integer variants (shapes, widths, u8/i8)")
+    c.add_argument("--no-float", action="store_true", help="integer kernels only")
     c.add_argument("--number", type=int, default=3, help="calls per timed repeat")
     c.add_argument("--repeat", type=int, default=3, help="timed repeats")
     c.add_argument("--num-threads", type=int, default=1, help="TVM threads while measuring (default 1: stable "

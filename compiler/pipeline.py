@@ -18,11 +18,53 @@ def float_pipeline(ctx: PassContext) -> list[Pass]:
     return [
         get_pass("constant-folding"),
         get_pass("canonicalize"),
+        get_pass("gnn-reorganize"),  # GNN ops before gathers (|V| rows, not |E|); a no-op without graph ops
         get_pass("fold-batchnorm"),
         get_pass("constant-folding"),
         get_pass("canonicalize"),
+        *attention_passes(ctx),  # softmax(Q·Kᵀ·s + mask)·V → one tiled `attention` op (float targets)
+        *gnn_fuse_passes(ctx),  # gather → edge ops → segment reduce → one `gather_aggregate` (float targets)
         get_pass("dead-code-elimination"),
     ]
+
+
+def gnn_fuse_passes(ctx: PassContext) -> list[Pass]:
+    """gnn-fuse unless `gnn_fuse="off"`; integer targets keep the unfused graph ops for the quantizer. Constant
+    folding after it computes the CSR of a constant graph (index params) at compile time."""
+    from qcc.passes import get_pass
+
+    mode = ctx.options.get("gnn_fuse", "auto")
+    if mode not in ("auto", "off"):
+        raise OptionError(f"gnn_fuse must be 'auto' or 'off', got {mode!r}")
+    if mode == "off" or (ctx.target is not None and ctx.target.is_integer):
+        return []
+    return [get_pass("gnn-fuse"), get_pass("constant-folding")]
+
+
+def qattention_passes(target: Target, ctx: PassContext) -> list[Pass]:
+    """Integer targets, after quantization, with `attention="on"`: the realized integer attention chain becomes one
+    `qattention` (a bit-exact rewrite; cpu and cuda backends). Not yet the default ("auto"): with the fuse pass on,
+    the mask's input-quantize chain then fuses into one kernel that the TIR no-float check rejects."""
+    from qcc.passes import get_pass
+
+    if ctx.options.get("attention", "auto") != "on" or target.device not in ("cpu", "cuda"):
+        return []
+    return [get_pass("recognize-qattention")]
+
+
+def attention_passes(ctx: PassContext) -> list[Pass]:
+    """recognize-attention unless `attention="off"`; integer targets keep the chain for the integer softmax
+    (`attention="on"` fuses it after quantization instead: `qattention_passes`).
+
+    `attention_tile=(br, bc)` forces the backend's tile sizes (default: the cache / shared-memory rule)."""
+    from qcc.passes import get_pass
+
+    mode = ctx.options.get("attention", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise OptionError(f"attention must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode == "off" or (ctx.target is not None and ctx.target.is_integer):
+        return []
+    return [get_pass("recognize-attention", tile=ctx.options.get("attention_tile") or "")]
 
 
 PIPELINES: dict[str, Callable[[PassContext], list[Pass]]] = {
@@ -37,6 +79,10 @@ PIPELINES: dict[str, Callable[[PassContext], list[Pass]]] = {
     # Mixed precision: per-layer weight widths chosen under a budget (qcc.passes.mixed), then quantized.
     "cpu-mixed": float_pipeline,
     "cuda-mixed": float_pipeline,
+    # The accelerator runs integer-only graphs: calibration data is required (checked in `optimize`).
+    "accel-int8": float_pipeline,
+    "accel-int4": float_pipeline,
+    "accel-mixed": float_pipeline,
 }
 
 # Quantization options of `qcc.compile` (integer targets only), passed to qcc.passes.quant.quantize_graph.
@@ -66,7 +112,11 @@ def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
 
     The quantization report (`QuantReport`) is left in `ctx.options["quant_report"]`.
     """
+    if target.device == "accel" and ctx.options.get("calibration") is None:
+        raise OptionError(f"target {target.name!r} runs integer-only programs: pass calibration=<batches> so "
+                          "activations can be quantized (the accelerator has no floating point)")
     graph = run_passes(graph, pipeline_for(target, ctx), ctx)
+    _resolve_calibration_runner(graph, target, ctx)
     quant = {k: ctx.options[k] for k in QUANT_OPTIONS if k in ctx.options}
     mixed = {k: quant.pop(k) for k in MIXED_OPTIONS if k in quant}
     if target.precision == "mixed" or (target.is_integer and mixed.get("budget") is not None):
@@ -75,7 +125,7 @@ def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
         graph, mixed_report = mixed_quantize_graph(graph, ctx=ctx, budget=mixed.pop("budget", None),
                                                    calibration=quant.pop("calibration", None), **mixed, **quant)
         ctx.options["quant_report"] = mixed_report
-        return graph
+        return run_passes(graph, qattention_passes(target, ctx), ctx)
     if mixed:
         if target.is_integer:
             raise OptionError(f"option(s) {sorted(mixed)} need a budget on {target.name!r}: mixed precision runs on "
@@ -88,9 +138,40 @@ def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
         bits = 4 if target.precision == "int4" else 8
         graph, report = quantize_graph(graph, bits=bits, ctx=ctx, **quant)
         ctx.options["quant_report"] = report
+        graph = run_passes(graph, qattention_passes(target, ctx), ctx)
     elif quant:
         raise OptionError(f"option(s) {sorted(quant)} apply only to integer targets, not {target.name!r}")
     return graph
+
+
+def _resolve_calibration_runner(graph: Graph, target: Target, ctx: PassContext) -> None:
+    """Turn the option `calibration_runner` ("auto" default | "interpreter" | "tvm") into the calibrate pass's
+    runner: a float TVM build of the graph for the host CPU when that pays off, else the reference interpreter."""
+    mode = ctx.options.get("calibration_runner")
+    if callable(mode):  # already a runner (a test, or an API user with their own)
+        return
+    if mode not in (None, "auto", "interpreter", "tvm"):
+        raise OptionError(f"calibration_runner must be 'auto', 'interpreter' or 'tvm', got {mode!r}")
+    if not target.is_integer or target.device not in ("cpu", "cuda") or ctx.options.get("calibration") is None:
+        if mode is not None and not target.is_integer:
+            raise OptionError(f"option calibration_runner applies only to integer targets, not {target.name!r}")
+        ctx.options.pop("calibration_runner", None)
+        return
+    from qcc.backends.tvm.calibration_runner import choose_runner, count_batches
+
+    num = count_batches(ctx.options["calibration"], graph)
+    ctx.options["calibration_runner"] = choose_runner(mode, graph, num, target)
+
+
+def fuse(graph: Graph, target: Target, ctx: PassContext) -> Graph:
+    """The fuse pass (qcc.passes.fuse) with the `fusion` option ("auto" default, "off"): its groups, written to
+    node meta, are the kernels the backend emits."""
+    from qcc.passes import get_pass
+
+    mode = ctx.options.get("fusion", "auto")
+    if mode not in ("auto", "off"):
+        raise OptionError(f"fusion must be 'auto' or 'off', got {mode!r}")
+    return run_passes(graph, [get_pass("fuse", mode=mode, device=target.device)], ctx)
 
 
 def build(graph: Graph, target: Target, options: dict[str, Any] | None = None) -> Any:
@@ -99,12 +180,23 @@ def build(graph: Graph, target: Target, options: dict[str, Any] | None = None) -
         from qcc.backends.tvm import build as tvm_build
 
         opts = options or {}
-        return tvm_build(graph, target, tune=bool(opts.get("tune", False)), quiet=bool(opts.get("quiet", False)))
+        return tvm_build(graph, target, tune=bool(opts.get("tune", False)), quiet=bool(opts.get("quiet", False)),
+                         fusion=str(opts.get("fusion", "auto")))
+    if target.device == "accel":
+        from qcc.backends.accel.build import build as accel_build
+
+        opts = options or {}
+        return accel_build(graph, target, method=str(opts.get("schedule", "ilp")),
+                           time_limit_s=float(opts.get("schedule_time_limit", 10.0)))
     raise TargetError(f"no backend for device {target.device!r} in this version of qcc")
 
 
 def load_executable(path: str) -> tuple[Any, dict[str, Any]]:
     """Load a library written by `export_library`; returns (executable, metadata)."""
+    from qcc.backends.accel.program import is_qbin, load_qbin
+
+    if is_qbin(path):  # an accelerator program (.qbin)
+        return load_qbin(path)
     from qcc.backends.tvm import load_library
 
     return load_library(path)

@@ -100,7 +100,42 @@ def cross_validate(rows: Sequence[Mapping[str, Any]], holdout: Sequence[str] | N
     report = evaluate(_Fixed(), all_rows)
     report.pop("_pred")
     report["folds"] = per
+    report["by_family"] = by_family(all_rows, pred, np.concatenate(scores))
     return report, (all_rows, pred)
+
+
+class _Given:
+    """Fixed predictions and scores served as a model (for metrics over precomputed held-out predictions)."""
+
+    def __init__(self, pred: np.ndarray, scores: np.ndarray) -> None:
+        self.pred, self.scores = pred, scores
+
+    def predict(self, ks: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.pred
+
+    def score(self, ks: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.scores
+
+
+def by_family(rows: Sequence[Mapping[str, Any]], pred: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """The metrics of `evaluate` separately over float kernels and integer kernels (INT_KINDS) of `rows`, given
+    the (held-out) predictions and ranking scores of every row."""
+    from qcc.costmodel.features import INT_KINDS
+
+    out: dict[str, Any] = {}
+    for fam, want in (("float", False), ("int", True)):
+        idx = [i for i, r in enumerate(rows) if (r["kind"] in INT_KINDS) == want]
+        if len(idx) < 2:
+            continue
+        rep = evaluate(_Given(pred[idx], scores[idx]), [rows[i] for i in idx])
+        rep.pop("_pred")
+        out[fam] = rep
+    return out
+
+
+def pct_of(rep: Mapping[str, Any], k: str) -> str:
+    """rep[k] as a percentage, or n/a."""
+    return f"{100 * rep[k]:.1f}%" if k in rep else "n/a"
 
 
 def format_report(rep: Mapping[str, Any]) -> str:
@@ -115,6 +150,10 @@ def format_report(rep: Mapping[str, Any]) -> str:
              f"regressor pick: top-1 {pct('regressor_top1')}  mean slowdown {pct('regressor_slowdown')}",
              f"rule default:   top-1 {pct('rule_top1')}  mean slowdown {pct('rule_slowdown')}",
              f"analytic pick:  top-1 {pct('analytic_top1')}  mean slowdown {pct('analytic_slowdown')}"]
+    for fam, f in (rep.get("by_family") or {}).items():
+        lines.append(f"  {fam} kernels: n={f['measurements']} Spearman {f['spearman']:.3f} MAPE {pct_of(f, 'mape')} "
+                     f"top-1 {pct_of(f, 'top1')} pick slowdown {pct_of(f, 'slowdown')} "
+                     f"(rule {pct_of(f, 'rule_slowdown')})")
     for name, f in (rep.get("folds") or {}).items():
         lines.append(f"  held out {name:10s}: n={f['measurements']:4d} Spearman {f['spearman']:.3f} "
                      f"MAPE {100 * f['mape']:.0f}% top-1 {100 * f.get('top1', math.nan):.0f}% "

@@ -13,6 +13,15 @@ A kernel is described by a plain dict, so this module needs neither TVM nor the 
 written, arithmetic intensity, bit widths, fusion size, layout, tile / schedule parameters with derived
 quantities (register-tile size, padded work, parallel tasks, cache footprints, an analytic cycle estimate) and
 target features. Change anything about them and bump FEATURE_VERSION: saved models refuse other versions.
+
+Integer kernels (INT_KINDS: "qlinear", "qconv2d", the integer graph's GEMM / convolution with its requantize
+epilogue) use the same dict; their shape adds the operand widths and the params name the lowering:
+
+    {"kind": "qconv2d", "shape": {"type": "QConv2dShape", ...Conv2dShape fields..., "x_dtype": "u8", "w_bits": 4,
+     "out_dtype": "u8"}, "params": {"type": "IntParams", "impl": "vnni"}, "epilogue": [["requantize"]],
+     "dtype": "u8", "layout": "NCHW"}
+
+Version 2 added the integer kinds and the bit widths of weights / activations / accumulator / output.
 """
 
 from __future__ import annotations
@@ -25,10 +34,13 @@ import numpy as np
 
 from qcc.errors import CostModelError
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 KINDS = ("dense", "batch_matmul", "conv2d_direct", "conv2d_im2col", "depthwise_conv2d")
-EPILOGUE_STEPS = ("bias", "add", "scale", "relu", "relu6", "clip", "hardswish", "gelu")
+INT_KINDS = ("qlinear", "qconv2d")
+ALL_KINDS = KINDS + INT_KINDS
+INT_IMPLS = ("vnni", "generic")  # the CPU lowerings of an integer kernel (kernels/int8.py template, TE rule)
+EPILOGUE_STEPS = ("bias", "add", "scale", "relu", "relu6", "clip", "hardswish", "gelu", "requantize")
 DTYPE_BITS = {"f64": 64, "f32": 32, "f16": 16, "i64": 64, "i32": 32, "i16": 16, "i8": 8, "u8": 8, "i4": 4, "u4": 4,
               "bool": 8, "float32": 32, "float16": 16, "int8": 8, "int32": 32}
 DEFAULT_TARGET = {"lanes": 16, "vregs": 32, "l1d": 32 * 1024, "l2": 1024 * 1024, "l3": 32 * 1024 * 1024, "cores": 1}
@@ -45,17 +57,17 @@ def _lg(x: float) -> float:
 def gemm_view(kind: str, s: Mapping[str, Any]) -> tuple[int, int, int, int]:
     """(B, M, N, K) of a kernel seen as a (batched) GEMM; convolutions as implicit GEMMs per group."""
     try:
-        if kind == "dense":
+        if kind in ("dense", "qlinear"):
             return 1, int(s["M"]), int(s["N"]), int(s["K"])
         if kind == "batch_matmul":
             return int(s["B"]), int(s["M"]), int(s["N"]), int(s["K"])
-        if kind in KINDS:
+        if kind in ALL_KINDS:
             oh, ow = conv_out(s)
             g = int(s.get("groups", 1))
             return g, int(s["N"]) * oh * ow, int(s["O"]) // g, int(s["C"]) // g * int(s["KH"]) * int(s["KW"])
     except (KeyError, TypeError, ValueError) as e:
         raise CostModelError(f"kernel shape {dict(s)} does not describe a {kind} workload: {e}") from e
-    raise CostModelError(f"unknown kernel kind {kind!r}; known: {', '.join(KINDS)}")
+    raise CostModelError(f"unknown kernel kind {kind!r}; known: {', '.join(ALL_KINDS)}")
 
 
 def conv_out(s: Mapping[str, Any]) -> tuple[int, int]:
@@ -68,17 +80,40 @@ def conv_out(s: Mapping[str, Any]) -> tuple[int, int]:
     return oh, ow
 
 
+def operand_bits(kind: str, s: Mapping[str, Any], dtype: str = "f32") -> tuple[int, int, int, int]:
+    """(activation, weight, accumulator, output) bit widths of a kernel: all `dtype` for float kernels; for
+    integer kernels the shape's x_dtype / w_bits / out_dtype and a 32-bit accumulator."""
+    if kind not in INT_KINDS:
+        bits = DTYPE_BITS.get(str(dtype))
+        if bits is None:
+            raise CostModelError(f"unknown dtype {dtype!r} in kernel features")
+        return bits, bits, bits, bits
+    try:
+        x = DTYPE_BITS[str(s.get("x_dtype", "u8"))]
+        w = int(s.get("w_bits", 8))
+        out = DTYPE_BITS[str(s.get("out_dtype", "i32"))]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CostModelError(f"integer kernel shape {dict(s)} has bad operand widths: {e}") from e
+    if not 1 <= w <= 16:
+        raise CostModelError(f"integer kernel weight width must be 1..16 bits, got {w}")
+    return x, w, 32, out
+
+
 def traffic(kind: str, s: Mapping[str, Any], bits: int = 32) -> tuple[float, float, float]:
-    """(FLOPs, bytes read, bytes written) of a kernel: compulsory traffic, each operand read once."""
+    """(FLOPs, bytes read, bytes written) of a kernel: compulsory traffic, each operand read once (integer
+    kernels: each operand at its own width, the weights packed to w_bits)."""
     b, m, n, k = gemm_view(kind, s)
     flops = 2.0 * b * m * n * k
-    e = bits / 8.0
-    if kind in ("dense", "batch_matmul"):
-        read = e * (b * m * k + b * k * n)
+    ex = ew = eo = bits / 8.0
+    if kind in INT_KINDS:
+        xb, wb, _, ob = operand_bits(kind, s)
+        ex, ew, eo = xb / 8.0, wb / 8.0, ob / 8.0
+    if kind in ("dense", "batch_matmul", "qlinear"):
+        read = ex * b * m * k + ew * b * k * n
     else:
-        read = e * (int(s["N"]) * int(s["C"]) * int(s["H"]) * int(s["W"])
-                    + int(s["O"]) * (int(s["C"]) // int(s.get("groups", 1))) * int(s["KH"]) * int(s["KW"]))
-    return flops, read, e * b * m * n
+        read = (ex * int(s["N"]) * int(s["C"]) * int(s["H"]) * int(s["W"])
+                + ew * int(s["O"]) * (int(s["C"]) // int(s.get("groups", 1))) * int(s["KH"]) * int(s["KW"]))
+    return flops, read, eo * b * m * n
 
 
 def analytic_cycles(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Mapping[str, Any]) -> float:
@@ -95,6 +130,13 @@ def analytic_cycles(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Ma
         return _ceil(tasks, cores) * cores / max(tasks, 1)
 
     ptype = p.get("type", "")
+    if ptype == "IntParams":
+        # VNNI: one vpdpbusd = lanes × 4 int8 MACs per cycle; the generic TE rule widens to int64 and runs
+        # roughly scalar (about 1 MAC per cycle). Tasks: output rows (and channels' blocks) over the cores.
+        g, m, n, k = gemm_view(kind, s)
+        macs = float(g) * m * n * k
+        per_cycle = lanes * 4.0 if p.get("impl") == "vnni" else 1.0
+        return macs / per_cycle / cores + 4.0 * g * m
     if ptype == "DenseParams":
         b = int(s.get("B", 1))
         mb, nv = int(p["mb"]), int(p["nv"])
@@ -132,7 +174,15 @@ def _schedule(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Mapping[
     lanes = int(p.get("lanes", t["lanes"]))
     f: dict[str, float] = {name: 0.0 for name in SCHEDULE_NAMES}
     ptype = p.get("type", "")
-    if ptype == "DenseParams":
+    if ptype == "IntParams":
+        impl = str(p.get("impl", "vnni"))
+        if impl not in INT_IMPLS:
+            raise CostModelError(f"unknown integer kernel lowering {impl!r}; known: {', '.join(INT_IMPLS)}")
+        # The VNNI template's register tile: 16 int32 lanes × 4-byte groups of K (kernels/int8.py).
+        f.update(p_vnni=float(impl == "vnni"), rows=1.0, cols=16.0 if impl == "vnni" else 1.0,
+                 pad=(_ceil(n, 16) * 16 / max(n, 1)) * (_ceil(k, 4) * 4 / max(k, 1)) if impl == "vnni" else 1.0,
+                 tasks=_lg(b * m))
+    elif ptype == "DenseParams":
         mb, nv, kc = int(p["mb"]), int(p["nv"]), int(p["kc"])
         f.update(p_mb=mb, p_nv=nv, p_kc=_lg(kc), p_kc_frac=kc / max(k, 1), p_order_nm=float(p.get("order") == "nm"),
                  rows=mb, cols=nv * lanes, acc=mb * nv,
@@ -164,10 +214,10 @@ def _schedule(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Mapping[
 
 
 SCHEDULE_NAMES = ("p_mb", "p_nv", "p_kc", "p_kc_frac", "p_order_nm", "p_ow_bn", "p_oc_tile", "p_oc_bn", "p_ic_bn",
-                  "p_unroll", "p_direct", "p_c_bn", "rows", "cols", "acc", "pad", "tasks", "panel_l2", "panel_l1",
-                  "reg_pressure")
+                  "p_unroll", "p_direct", "p_c_bn", "p_vnni", "rows", "cols", "acc", "pad", "tasks", "panel_l2",
+                  "panel_l1", "reg_pressure")
 FEATURE_NAMES = (
-    *(f"kind_{k}" for k in KINDS),
+    *(f"kind_{k}" for k in ALL_KINDS), "is_int", "x_bits", "w_bits", "acc_bits", "out_bits",
     "log_B", "log_M", "log_N", "log_K", "log_C", "log_HW", "log_O", "KH", "KW", "stride", "groups_log", "OW",
     "log_flops", "log_read", "log_write", "intensity", "bits", "fusion", *(f"epi_{e}" for e in EPILOGUE_STEPS),
     "layout_blocked", *SCHEDULE_NAMES, "log_analytic_cycles", "analytic_per_flop",
@@ -182,15 +232,16 @@ def kernel_features(k: Mapping[str, Any]) -> np.ndarray:
     except (KeyError, TypeError) as e:
         raise CostModelError(f"a kernel needs 'kind', 'shape' and 'params', got {k!r}") from e
     t = {**DEFAULT_TARGET, **dict(k.get("target") or {})}
-    bits = DTYPE_BITS.get(str(k.get("dtype", "f32")))
-    if bits is None:
-        raise CostModelError(f"unknown dtype {k.get('dtype')!r} in kernel features")
+    integer = kind in INT_KINDS
+    xb, wb, ab, ob = operand_bits(kind, s, str(k.get("dtype", "f32")))
+    bits = xb
     gemm = gemm_view(kind, s)
     flops, read, write = traffic(kind, s, bits)
     epi = [str(step[0] if isinstance(step, (list, tuple)) else step) for step in k.get("epilogue") or ()]
     cyc = analytic_cycles(kind, s, p, t)
-    conv = kind not in ("dense", "batch_matmul")
-    f: dict[str, float] = {f"kind_{x}": float(kind == x) for x in KINDS}
+    conv = kind not in ("dense", "batch_matmul", "qlinear")
+    f: dict[str, float] = {f"kind_{x}": float(kind == x) for x in ALL_KINDS}
+    f.update(is_int=float(integer), x_bits=float(xb), w_bits=float(wb), acc_bits=float(ab), out_bits=float(ob))
     f.update(log_B=_lg(gemm[0]), log_M=_lg(gemm[1]), log_N=_lg(gemm[2]), log_K=_lg(gemm[3]),
              log_C=_lg(s.get("C", 0)), log_HW=_lg(int(s.get("H", 0)) * int(s.get("W", 0))), log_O=_lg(s.get("O", 0)),
              KH=float(s.get("KH", 0)), KW=float(s.get("KW", 0)), stride=float(s.get("stride", (0, 0))[0]),

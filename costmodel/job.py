@@ -6,7 +6,8 @@
     report = evaluate(model, held_out_rows)
 
 A kernel spec is a plain dict {"kind": "conv2d" | "dense" | "batch_matmul", "shapes": [...], "attrs": {...},
-"epilogue": [...], "model": name}. `space(kind, shapes, attrs) -> (template kind, workload dict, [params
+"epilogue": [...], "model": name}; integer kernels (`integer_specs`) have kind "qconv2d" | "qlinear", attrs with
+"x_dtype" and "w_bits", "dtype" and "layout". `space(kind, shapes, attrs) -> (template kind, workload dict, [params
 dict, ...])` enumerates schedules (the rule's default first); `measure(kind, shapes, attrs, params, epilogue)
 -> [seconds per repeat]` builds and times one. This module imports neither the backends nor TVM.
 """
@@ -122,6 +123,42 @@ def random_variants(specs: Sequence[Mapping[str, Any]], n: int, seed: int = 0,
     return out
 
 
+def integer_specs(specs: Sequence[Mapping[str, Any]], bits: Sequence[int] = (4, 8),
+                  x_dtype: str = "u8") -> list[dict[str, Any]]:
+    """The integer kernels the quantized build of `specs`' layers runs: every conv2d becomes a qconv2d and every
+    dense a qlinear (x [M, K], w [N, K]) with a requantize epilogue, once per weight width in `bits` (W4A8 and
+    W8A8 by default; activations `x_dtype`). Batched matmuls (qmatmul, no template) are left out."""
+    out: list[dict[str, Any]] = []
+    for s in specs:
+        if s["kind"] == "conv2d":
+            kind, shapes = "qconv2d", [list(s["shapes"][0]), list(s["shapes"][1])]
+            attrs = {k: s["attrs"][k] for k in ("stride", "padding", "dilation", "groups") if k in s["attrs"]}
+        elif s["kind"] == "dense":
+            (m, k), w = s["shapes"]
+            n = w[0] if s["attrs"].get("w_layout", "NK") == "NK" else w[1]
+            kind, shapes, attrs = "qlinear", [[m, k], [n, k]], {}
+        else:
+            continue
+        for b in bits:
+            out.append({"kind": kind, "shapes": shapes, "attrs": {**attrs, "x_dtype": x_dtype, "w_bits": int(b)},
+                        "epilogue": [["requantize"]], "dtype": x_dtype, "layout": "NCHW",
+                        "model": s.get("model", "")})
+    return out
+
+
+def random_int_variants(specs: Sequence[Mapping[str, Any]], n: int, seed: int = 0, bits: Sequence[int] = (4, 8),
+                        model: str = "random") -> list[dict[str, Any]]:
+    """`n` integer kernels like `specs` with shapes scaled at random (as `random_variants`) and the weight width
+    and activation type (u8 / i8) drawn at random."""
+    rng = random.Random(seed + 1)
+    out: list[dict[str, Any]] = []
+    base = [s for s in specs if s["kind"] in ("conv2d", "dense")]
+    for s in random_variants(base, n, seed, model):
+        x_dtype = rng.choice(("u8", "i8"))
+        out += integer_specs([s], (rng.choice(tuple(bits)),), x_dtype)
+    return out
+
+
 def _sample(params: list[dict[str, Any]], k: int, key: str) -> list[dict[str, Any]]:
     """The rule's default (first) plus k-1 others drawn deterministically per kernel."""
     if len(params) <= k:
@@ -151,7 +188,8 @@ def collect(specs: Sequence[Mapping[str, Any]], db: MeasurementDB, space: Space,
             print(f"skip {s['kind']} {s['shapes']}: {e}", file=log) if not quiet else None
             continue
         kid = db.add_kernel({"kind": kind, "shape": shape, "epilogue": s.get("epilogue", []),
-                             "layout": "NCHWc"}, str(s.get("model", "")))
+                             "dtype": s.get("dtype", "f32"), "layout": s.get("layout", "NCHWc")},
+                            str(s.get("model", "")))
         if key in seen:
             continue
         seen.add(key)

@@ -63,7 +63,7 @@ class AnalyticCostModel:
         out = np.empty(len(kernels))
         for i, k in enumerate(kernels):
             t = {**DEFAULT_TARGET, **dict(k.get("target") or {})}
-            _, read, write = traffic(k["kind"], k["shape"])
+            _, read, write = traffic(k["kind"], k["shape"])  # integer kinds: each operand at its width
             cyc = analytic_cycles(k["kind"], k["shape"], k["params"], t)
             out[i] = max(cyc / self.clock_hz, (read + write) / self.bandwidth) + self.overhead_s
         return out
@@ -122,7 +122,8 @@ class LightGBMCostModel:
                                           "min_data_in_leaf": 2},
                                lgb.Dataset(x[order], labels, group=[len(g) for g in groups],
                                            feature_name=list(FEATURE_NAMES)), rank_rounds)
-        return cls(reg, ranker, {"rows": len(rows), "kernels": len(_groups(rows))})
+        return cls(reg, ranker, {"rows": len(rows), "kernels": len(_groups(rows)),
+                                 "kinds": sorted({str(r["kind"]) for r in rows})})
 
     def predict(self, kernels: Sequence[Mapping[str, Any]]) -> np.ndarray:
         if not kernels:
@@ -164,7 +165,7 @@ class LightGBMCostModel:
         lgb = _lgb()
         reg = lgb.Booster(model_str=doc["regressor"])
         rank = lgb.Booster(model_str=doc["ranker"]) if doc.get("ranker") else None
-        return cls(reg, rank, doc.get("meta"))
+        return cls(reg, rank, {**(doc.get("meta") or {}), "path": os.fspath(path)})
 
 
 def load_model(path: str | os.PathLike[str] | CostModel) -> CostModel:

@@ -21,12 +21,18 @@ from qcc.passes.canonicalize import Canonicalize
 from qcc.passes.constant_folding import ConstantFolding
 from qcc.passes.dead_code_elimination import DeadCodeElimination
 from qcc.passes.fold_batchnorm import FoldBatchNorm
+from qcc.passes.fuse import Fuse
+from qcc.passes.gnn.gnn_fuse import GnnFuse
+from qcc.passes.gnn.gnn_reorganize import GnnReorganize
 from qcc.passes.quant import Calibrate, CheckIntegerOnly, Quantize, RealizeInteger
+from qcc.passes.recognize_attention import RecognizeAttention
+from qcc.passes.recognize_qattention import RecognizeQAttention
 
 PASSES: dict[str, type] = {
     cls.name: cls
-    for cls in (ConstantFolding, DeadCodeElimination, Canonicalize, FoldBatchNorm,
-                Calibrate, Quantize, RealizeInteger, CheckIntegerOnly)
+    for cls in (ConstantFolding, DeadCodeElimination, Canonicalize, FoldBatchNorm, GnnReorganize, GnnFuse,
+                Calibrate, Quantize, RealizeInteger, CheckIntegerOnly, Fuse, RecognizeAttention,
+                RecognizeQAttention)
 }
 
 
@@ -70,4 +76,5 @@ def get_pass(name: str, **options: Any) -> Pass:
 
 
 __all__ = ["PASSES", "Calibrate", "Canonicalize", "CheckIntegerOnly", "ConstantFolding", "DeadCodeElimination",
-           "FoldBatchNorm", "Quantize", "RealizeInteger", "get_pass"]
+           "FoldBatchNorm", "Fuse", "GnnFuse", "GnnReorganize", "Quantize", "RealizeInteger", "RecognizeAttention",
+           "RecognizeQAttention", "get_pass"]

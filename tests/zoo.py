@@ -495,3 +495,101 @@ TINY_ZOO: dict[str, tuple[Factory, InputFactory]] = {
     "gcn": (gcn_tiny, tiny_graph),
     "gat": (gat_tiny, tiny_graph),
 }
+
+
+# ------------------------------------------------------------------------------------------- more GNNs (issue #8)
+
+
+class EdgeConv(nn.Module):
+    """DGCNN EdgeConv in dgNN's form ``y_i = max_{j→i} Θ(x_j − x_i) + Φ x_i``, written per edge with
+    ``index_select`` and a max onto destinations with ``index_reduce(amax, include_self=False)`` (0 when a vertex
+    has no in-edge)."""
+
+    def __init__(self, fin: int, fout: int):
+        super().__init__()
+        self.fout = fout
+        self.theta = nn.Linear(fin, fout)
+        self.phi = nn.Linear(fin, fout, bias=False)
+
+    def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        xj, xi = torch.index_select(x, 0, src), torch.index_select(x, 0, dst)
+        msg = self.theta(xj - xi) + self.phi(xi)  # [E, fout]: two GEMMs over edges before reorganisation
+        out = torch.zeros(x.shape[0], self.fout, dtype=x.dtype)
+        return out.index_reduce(0, dst, msg, "amax", include_self=False)
+
+
+def edgeconv_tiny() -> nn.Module:
+    """Two EdgeConv layers (ReLU between) for the tiny graph (16 features, hidden 8, 4 classes)."""
+    torch.manual_seed(0)
+    return GNN(EdgeConv(16, 8), EdgeConv(8, 4), F.relu).eval()
+
+
+class ScatterGATConv(GATConv):
+    """The textbook GAT layer written PyG-style with ``scatter_reduce`` / ``scatter_add`` over an index broadcast
+    with ``expand`` (what ONNX exports as ScatterElements) and the max-shifted softmax ``exp(e − max_j e)``."""
+
+    def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        n, hd, f = x.shape[0], self.heads, self.fout
+        h = self.lin(x).reshape(n, hd, f)
+        hs, ht = torch.index_select(h, 0, src), torch.index_select(h, 0, dst)
+        e = F.leaky_relu((torch.cat([ht, hs], dim=-1) * self.att).sum(-1), 0.2)  # [E, heads]
+        idx = dst.view(-1, 1).expand_as(e)
+        emax = torch.full((n, hd), float("-inf"), dtype=x.dtype).scatter_reduce(0, idx, e, "amax")
+        ex = torch.exp(e - torch.index_select(emax, 0, dst))
+        denom = torch.zeros(n, hd, dtype=x.dtype).scatter_add(0, idx, ex)
+        alpha = ex / torch.index_select(denom, 0, dst)
+        msg = (hs * alpha.unsqueeze(-1)).reshape(-1, hd * f)
+        out = torch.zeros(n, hd * f, dtype=x.dtype).scatter_add(0, dst.view(-1, 1).expand_as(msg), msg)
+        out = out if self.concat else out.reshape(n, hd, f).mean(1)
+        return out + self.bias
+
+
+def scatter_gat_tiny(heads: int = 2) -> nn.Module:
+    """`gat_tiny` with `ScatterGATConv` layers (the same weights as ``gat_tiny(heads)``): for ONNX export."""
+    torch.manual_seed(0)
+    return GNN(ScatterGATConv(16, 8, heads), ScatterGATConv(8 * heads, 4, 1, concat=False), F.elu).eval()
+
+
+# ----------------------------------------------------------------------------------------------- attention (SDPA)
+
+
+class SDPABlock(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``: ``form`` "causal" (is_causal=True),
+    "float_mask" (an additive float mask input [B, 1, S, S]), "bool_mask" (a 0/1 float input turned into a bool
+    mask [B, 1, 1, S], True = attend) or "masked_fill" (hand-written causal attention with ``masked_fill(-inf)``)."""
+
+    def __init__(self, form: str, dim: int, heads: int):
+        super().__init__()
+        self.form, self.heads, self.dh = form, heads, dim // heads
+        self.qkv, self.o = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = (t.reshape(b, s, self.heads, self.dh).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        if self.form == "masked_fill":
+            hidden = torch.triu(torch.ones(s, s, dtype=torch.bool), diagonal=1)
+            att = (q @ k.transpose(-2, -1) / self.dh**0.5).masked_fill(hidden, float("-inf"))
+            y = torch.softmax(att, dim=-1) @ v
+        elif self.form == "causal":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.form == "bool_mask":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=(mask > 0.5)[:, None, None, :])
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(b, s, d))
+
+
+def sdpa_block(form: str = "causal", seq: int = 16, dim: int = 32, heads: int = 2, batch: int = 1,
+               seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """(an `SDPABlock`, its example inputs): x [batch, seq, dim] and, for the mask forms, the mask."""
+    torch.manual_seed(seed)
+    model = SDPABlock(form, dim, heads).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, seq, dim, generator=g)
+    if form == "float_mask":
+        return model, (x, torch.randn(batch, 1, seq, seq, generator=g))
+    if form == "bool_mask":
+        keep = torch.ones(batch, seq)
+        keep[:, seq - seq // 4:] = 0.0
+        return model, (x, keep)
+    return model, (x,)

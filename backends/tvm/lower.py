@@ -21,7 +21,10 @@ from tvm import relax, te
 
 # Importing the rule modules fills LOWER.
 from qcc.backends.tvm import (  # noqa: F401
+    lower_attention,
+    lower_cuda_int8,
     lower_elementwise,
+    lower_gnn,
     lower_nn,
     lower_pool,
     lower_quant,
@@ -59,19 +62,26 @@ def _param_const(ctx: LowerCtx, value: Value, array: np.ndarray) -> relax.Consta
 
 
 def lower(graph: Graph, device: str = "cpu", float16: bool = False, templates: bool | None = None,
-          tune: bool = False, quiet: bool = True) -> Lowered:
+          tune: bool = False, quiet: bool = True, fusion: str = "tvm") -> Lowered:
     """Lower `graph` to a Relax module with entry function `main` (see the module docstring).
 
     `templates` (default: on for cpu float32) routes conv2d / linear / matmul and their epilogues through the
     hand-scheduled kernel templates with the layout pass (`lower_templates`); `tune` measures their parameter
-    candidates first (progress on stderr unless `quiet`)."""
+    candidates first (progress on stderr unless `quiet`). `fusion`: "auto" materialises the groups of the fuse
+    pass (`lower_fused`; the pass runs here when the graph carries no decisions; TVM's FuseOps later merges only
+    what they left alone), "off" fuses nothing, "tvm" leaves fusion to TVM's FuseOps."""
     if templates is None:
         templates = device == "cpu" and not float16
     missing = [(n.op, n.name or f"#{i}") for i, n in enumerate(graph.nodes) if n.op not in LOWER]
     if missing:
         raise UnsupportedOperatorError(missing, model=f"graph {graph.name!r} (TVM lowering)")
+    if fusion == "auto":
+        from qcc.backends.tvm.lower_fused import ensure_meta
+
+        graph = ensure_meta(graph, device, fusion)
     bb = relax.BlockBuilder()
     ctx = LowerCtx(bb, device=device, float16=float16)
+    fused = None
     params = [relax.Var(v.name or f"input{i}", relax.TensorType(v.shape, TVM_DTYPES[v.dtype]))
               for i, v in enumerate(graph.inputs)]
     env: dict[Value, relax.Expr] = {}
@@ -87,14 +97,21 @@ def lower(graph: Graph, device: str = "cpu", float16: bool = False, templates: b
                 from qcc.backends.tvm.lower_templates import TemplateLowering
 
                 fast = TemplateLowering(ctx, graph, lambda node, args: _lower_rule(ctx, node, args), tune=tune,
-                                        quiet=quiet)
+                                        quiet=quiet, fusion=fusion)
                 for v, expr in env.items():
                     fast.set(v, expr)
                 for node in graph.nodes:
                     fast.lower_node(node)
             else:
+                if fusion == "auto":
+                    from qcc.backends.tvm.lower_fused import FusedLowering
+
+                    fused = FusedLowering(ctx, graph, lambda node, args: _lower_rule(ctx, node, args))
                 for node in graph.nodes:
-                    _lower_node(ctx, node, env)
+                    if fused is not None and fused.owns(node):
+                        fused.lower(node, env.__getitem__, env.__setitem__)
+                    else:
+                        _lower_node(ctx, node, env)
             outs = []
             for v in graph.outputs:
                 expr = env[v] if fast is None else fast.get(v, "NCHW")
@@ -108,7 +125,8 @@ def lower(graph: Graph, device: str = "cpu", float16: bool = False, templates: b
         op = ctx.kernel_ops.get(gv.name_hint)
         if op is not None and isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr(OP_ATTR, op)
-    return Lowered(mod, dict(ctx.kernel_ops), dict(fast.stats) if fast is not None else {})
+    stats = dict(fast.stats) if fast is not None else dict(fused.stats) if fused is not None else {}
+    return Lowered(mod, dict(ctx.kernel_ops), stats)
 
 
 def _lower_node(ctx: LowerCtx, node: Node, env: dict[Value, relax.Expr]) -> None:

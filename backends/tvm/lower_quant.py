@@ -89,6 +89,11 @@ def _lower_dequantize(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> rela
 
 @lowers("requantize")
 def _lower_requantize(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    if ctx.device == "cpu":  # requantize of a VNNI template GEMM: one kernel, requantize in its epilogue
+        from qcc.backends.tvm.kernels import int8_fuse
+
+        if (fused := int8_fuse.try_fuse_requantize(ctx, node, args)) is not None:
+            return fused
     ir_dt, dt = _out(ctx, node)
     a = node.attrs
 
@@ -105,9 +110,9 @@ def _centered(t: te.Tensor, zp: int, name: str) -> te.Tensor:
 
 def _try_int8_template(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr | None:
     """The AVX-512 VNNI template for qconv2d / qlinear (kernels/int8.py), or None to use the generic rule."""
-    from qcc.backends.tvm.kernels import int8
+    from qcc.backends.tvm.kernels import int8_fuse
 
-    return int8.try_lower(ctx, node, args)
+    return int8_fuse.try_lower(ctx, node, args)
 
 
 @lowers("qconv2d")
@@ -163,6 +168,10 @@ def _lower_qlinear(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.E
 
 @lowers("qmatmul")
 def _lower_qmatmul(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    from qcc.backends.tvm.kernels import int8_matmul
+
+    if (fast := int8_matmul.try_lower(ctx, node, args)) is not None:
+        return fast
     a = node.attrs
     a_shape, b_shape, out_shape = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
 

@@ -126,3 +126,132 @@ class Measurer:
         timer = mod.time_evaluator("main", dev, number=self.number,
                                    repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
         return [float(r) for r in timer(*args).results]
+
+
+# ------------------------------------------------------------------------------------- integer kernels
+
+INT_OPS = ("qconv2d", "qlinear")
+
+
+def _int_attrs(kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    if kind == "qconv2d":
+        return {"stride": tuple(attrs.get("stride", (1, 1))), "padding": tuple(attrs.get("padding", (0, 0, 0, 0))),
+                "dilation": tuple(attrs.get("dilation", (1, 1))), "groups": int(attrs.get("groups", 1))}
+    return {}
+
+
+def int_space(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None = None,
+              max_generic_macs: float = 4e6) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """The candidate lowerings of an integer kernel (qconv2d / qlinear with weights of attrs["w_bits"] bits and
+    activations of attrs["x_dtype"]): the VNNI template where it applies (first: the backend's default), and
+    the generic TE rule, only up to `max_generic_macs` MACs (it runs about 500× slower than the template, so
+    a large layer would take seconds per call) unless it is the only lowering."""
+    from qcc.backends.tvm.kernels import int8
+    from qcc.costmodel.describe import int_kernel
+    from qcc.costmodel.features import gemm_view
+
+    attrs = dict(attrs or {})
+    k = int_kernel(kind, shapes[0], shapes[1], _int_attrs(kind, attrs), x_dtype=str(attrs.get("x_dtype", "u8")),
+                   w_bits=int(attrs.get("w_bits", 8)))
+    vnni = int8.enabled() and int(attrs.get("groups", 1)) == 1
+    g, m, n, kk = gemm_view(kind, k["shape"])
+    impls = (["vnni"] + (["generic"] if g * m * n * kk <= max_generic_macs else [])) if vnni else ["generic"]
+    return kind, k["shape"], [{"type": "IntParams", "impl": i} for i in impls]
+
+
+def int_graph(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+    """A one-kernel integer graph, x -> qconv2d / qlinear (with bias) -> requantize (u8 output), with random
+    weights of attrs["w_bits"] bits, and a random input: what the quantize pass makes of one layer, lowered by
+    the real TVM backend. The requantize multipliers are per-tensor unless attrs["per_channel"] (the VNNI
+    template's fused per-channel epilogue was being reworked when this was written)."""
+    from qcc.ir.graph import GraphBuilder
+
+    rng = np.random.default_rng(seed)
+    x_dtype, w_bits = str(attrs.get("x_dtype", "u8")), int(attrs.get("w_bits", 8))
+    if x_dtype not in ("u8", "i8") or w_bits not in (4, 8):
+        raise BackendError(f"integer kernels are measured with u8/i8 activations and 4/8-bit weights, got "
+                           f"{x_dtype} / {w_bits}")
+    lo, hi = (0, 255) if x_dtype == "u8" else (-128, 127)
+    x_shape, w_shape = tuple(int(d) for d in shapes[0]), tuple(int(d) for d in shapes[1])
+    wlim = 2 ** (w_bits - 1)
+    b = GraphBuilder()
+    x = b.input(x_shape, x_dtype, "x")
+    w = b.param(rng.integers(-wlim, wlim, w_shape).astype(np.int8), "w")
+    if w_bits == 4:  # i4 values stored in int8 (the IR's i4 dtype)
+        from qcc.ir.types import TensorType
+
+        w.type = TensorType(w_shape, "i4")
+    o = w_shape[0]
+    bias = b.param(rng.integers(-1000, 1000, (o,)).astype(np.int32), "bias")
+    zx = 128 if x_dtype == "u8" else 0
+    if kind == "qconv2d":
+        acc = b.emit("qconv2d", [x, w, bias], {**_int_attrs(kind, attrs), "x_zero_point": zx, "w_zero_point": 0})
+        mshape: tuple[int, ...] = (o, 1, 1) if attrs.get("per_channel") else (1,)
+    elif kind == "qlinear":
+        acc = b.emit("qlinear", [x, w, bias], {"x_zero_point": zx, "w_zero_point": 0, "group_size": None})
+        mshape = (o,) if attrs.get("per_channel") else (1,)
+    else:
+        raise BackendError(f"no integer kernel {kind!r}; known: {', '.join(INT_OPS)}")
+    mult = b.param(rng.integers(1 << 13, 1 << 15, mshape).astype(np.int32), "m")
+    shift = b.param(np.full(mshape, 24, np.int32), "s")
+    y = b.emit("requantize", [acc, mult, shift], {"dtype": "u8", "zero_point": 0})
+    return b.output(y), [rng.integers(lo, hi + 1, x_shape).astype(np.int8 if x_dtype == "i8" else np.uint8)]
+
+
+def preload() -> None:
+    """Import TVM's tensor intrinsics (which the VNNI template uses) now. Their TVMScript parsing calls
+    `inspect.stack()`, which walks every module of sys.modules per frame: run after torch and the zoo are
+    imported, that first import takes minutes instead of seconds."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+class IntMeasurer:
+    """Build a one-kernel integer graph (`int_graph`) for the cpu-int8 target through the real lowering
+    (`qcc.backends.tvm.build`: whatever templates and fusion it applies) and time it with the VM's
+    time_evaluator; params {"impl": "generic"} turns the VNNI template off (QCC_INT8_VNNI=0) for the build.
+    A "vnni" candidate whose build did not take the template raises BackendError (stored as a failure).
+    Local only: integer kernels are not measured over RPC."""
+
+    def __init__(self, number: int = 3, repeat: int = 3, num_threads: int = 1) -> None:
+        self.number, self.repeat, self.num_threads = number, repeat, num_threads
+
+    def __call__(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
+                 params: dict[str, Any], epilogue: Sequence[Any] = ()) -> list[float]:
+        from qcc.backends.tvm import build
+        from qcc.target import Target
+
+        graph, inputs = int_graph(kind, shapes, dict(attrs or {}))
+        impl = params.get("impl", "vnni")
+        old = os.environ.get("QCC_INT8_VNNI")
+        os.environ["QCC_INT8_VNNI"] = "1" if impl == "vnni" else "0"
+        try:
+            exe = build(graph, Target("cpu-int8", num_threads=self.num_threads))
+        finally:
+            if old is None:
+                os.environ.pop("QCC_INT8_VNNI", None)
+            else:
+                os.environ["QCC_INT8_VNNI"] = old
+        took = any("vnni" in name for name in exe.kernels)
+        if took != (impl == "vnni"):
+            raise BackendError(f"{kind} {list(shapes)}: the build {'did not take' if not took else 'took'} the "
+                               f"VNNI template, asked for {impl!r}")
+        exe.run(inputs)  # warm up (first call allocates)
+        return exe.time(inputs, number=self.number, repeat=self.repeat)
+
+
+class AnyMeasurer:
+    """Dispatch on the kernel kind: integer kernels to `IntMeasurer`, template kernels to `Measurer`."""
+
+    def __init__(self, floats: Measurer, ints: IntMeasurer) -> None:
+        self.floats, self.ints = floats, ints
+
+    def __call__(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
+                 params: dict[str, Any], epilogue: Sequence[Any] = ()) -> list[float]:
+        m = self.ints if kind in INT_OPS else self.floats
+        return m(kind, shapes, attrs, params, epilogue)
+
+
+def any_space(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None = None,
+              cpu: CpuInfo | None = None) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """`int_space` for qconv2d / qlinear, else `space`."""
+    return int_space(kind, shapes, attrs) if kind in INT_OPS else space(kind, shapes, attrs, cpu)

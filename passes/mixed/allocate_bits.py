@@ -18,7 +18,7 @@ from qcc.errors import CalibrationError, OptionError, PassError
 from qcc.ir.graph import Graph, Value
 from qcc.ir.pass_manager import PassContext
 from qcc.passes._stats import record_stats
-from qcc.passes.mixed.costs import CostTable, analytic_latency, cost_table, find_layers
+from qcc.passes.mixed.costs import CostTable, cost_table, find_layers, latency_term
 from qcc.passes.mixed.ilp import Allocation, solve
 from qcc.passes.mixed.sensitivity import Sensitivity, measure, predicted_sqnr_db
 from qcc.passes.quant.calibrate import prepare_batches
@@ -62,6 +62,7 @@ class MixedAllocation:
         for r in ("size_bytes", "bops", "latency_ms"):
             if r not in self.limits:
                 lines.append(f"  {r}: {a.used[r]:.6g} (no budget)")
+        lines.append(f"  latency term: {c.latency_source}")
         if a.groups:
             lines.append("  tied: " + "; ".join("=".join(g) for g in a.groups))
         lines.append(f"  predicted output SQNR {self.predicted_sqnr_db:.1f} dB (Σ sensitivity {a.objective:.3g}); "
@@ -138,7 +139,9 @@ class AllocateBits:
     Options: `candidate_bits` (4, 8), `pin_first_last` (first and last weighted layer at the widest candidate),
     `tie` (tie constraints from the graph), `per_channel` / `weight_method` (as the quantize pass will use),
     `device` (latency constants; default the target's), `max_batches` (calibration batches scored),
-    `time_limit_s` (solver). Needs calibration data in ctx.options["calibration"] (or `data`).
+    `time_limit_s` (solver), `cost_model` (the latency term's model: a CostModel, a path, "analytic"; default
+    ctx.options["cost_model"], else the active / shipped model — see `costs.latency_term`). Needs calibration
+    data in ctx.options["calibration"] (or `data`).
     """
 
     name: ClassVar[str] = "allocate-bits"
@@ -155,12 +158,14 @@ class AllocateBits:
     max_batches: int = 4
     time_limit_s: float = 10.0
     data: Any = None
+    cost_model: Any = None
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         batches = self.data if self.data is not None else ctx.options.get("calibration")
         device = self.device or getattr(ctx.target, "device", None) or "cpu"
+        model = self.cost_model if self.cost_model is not None else ctx.options.get("cost_model")
         problem = AllocationProblem.build(graph, batches, self.candidate_bits, self.pin_first_last, self.tie,
-                                          self.per_channel, self.weight_method, device, self.max_batches)
+                                          self.per_channel, self.weight_method, device, self.max_batches, model)
         result = problem.solve({k: getattr(self, k) for k in BUDGET_FIELDS}, self.time_limit_s)
         out = graph.copy()
         for n in out.nodes:
@@ -185,8 +190,9 @@ class AllocationProblem:
     @classmethod
     def build(cls, graph: Graph, batches: Any, candidate_bits: Any = (4, 8), pin_first_last: bool = True,
               tie: bool = True, per_channel: bool = True, weight_method: str = "mse", device: str = "cpu",
-              max_batches: int = 4) -> AllocationProblem:
-        """Find the weighted layers of a float graph (BatchNorm folded) and measure sensitivity and costs."""
+              max_batches: int = 4, cost_model: Any = None) -> AllocationProblem:
+        """Find the weighted layers of a float graph (BatchNorm folded) and measure sensitivity and costs (the
+        latency term from `cost_model`, see `costs.latency_term`)."""
         try:
             bits = tuple(sorted(set(candidate_bits)))
         except TypeError:
@@ -202,7 +208,7 @@ class AllocationProblem:
         if batches is None:
             raise CalibrationError("allocate-bits needs calibration data to measure layer sensitivity")
         feeds = prepare_batches(batches, graph)[: max(1, max_batches)]
-        costs = cost_table(layers, bits, analytic_latency(device))
+        costs = cost_table(layers, bits, *latency_term(device, cost_model))
         sens = measure(graph, layers, bits, feeds, per_channel, weight_method)
         pins = {layers[0].name: bits[-1], layers[-1].name: bits[-1]} if pin_first_last else {}
         return cls(bits, sens, costs, pins, tie_constraints(graph) if tie else [])

@@ -62,21 +62,31 @@ def test_qconv2d_kernel_is_bit_exact(xd: str, shape: tuple[int, ...], o: int, kh
     attrs = {"stride": stride, "padding": pad, "dilation": dil, "groups": 1, "x_zero_point": zx, "w_zero_point": 0}
     ref = evaluate("qconv2d", [x, w, b], attrs)[0]
     wp, bp = K.pack_conv_weight(w, xd, zx, b)
+    nb, o_, oh, ow = ref.shape
     got = _run(K.qconv2d_kernel(shape, xd, w.shape, ref.shape, stride, pad, dil, zx), x, wp, bp,
-               out_shape=ref.shape)
-    assert np.array_equal(got, ref)
+               out_shape=(nb * oh * ow, o_))
+    assert np.array_equal(got.reshape(nb, oh, ow, o_).transpose(0, 3, 1, 2), ref)  # the kernel writes NHWC
 
 
 def test_pack_weight_layout_and_bounds() -> None:
     w = _rand("i8", (17, 6))
     wp, bp = K.pack_weight(w, "i8", 3, None)
-    assert wp.shape == (2, 2, 16, 4)
+    assert wp.shape == (2, 2, 16, 4)  # [Np/16, Kp/4, 16, 4]
     assert wp[0, 1, 5, 1] == w[5, 5] and wp[1, 0, 0, 2] == w[16, 2] and wp[1, 1, 0, 2] == 0  # K, N zero padded
     assert np.array_equal(bp[:17], -(3 + 128) * w.astype(np.int64).sum(1)) and not bp[17:].any()
     with pytest.raises(BackendError, match="overflow"):
         K.pack_weight(np.zeros((1, K.MAX_K + 1), np.int8), "u8", 0, None)
     with pytest.raises(BackendError, match="int32"):
         K.pack_weight(np.full((1, 4), -128, np.int8), "i8", 0, np.array([2**31 - 1], np.int32))
+
+
+def test_pack_conv_weight_is_channels_last() -> None:
+    w = _rand("i8", (3, 5, 2, 3))  # K = KH·KW·Cp = 2·3·8
+    wp, _ = K.pack_conv_weight(w, "u8", 0, None)
+    assert wp.shape == (1, 12, 16, 4)
+    flat = wp.transpose(0, 2, 1, 3).reshape(16, 48)
+    assert np.array_equal(flat[:3].reshape(3, 2, 3, 8)[..., :5], w.transpose(0, 2, 3, 1))
+    assert not flat[:3].reshape(3, 2, 3, 8)[..., 5:].any() and not flat[3:].any()
 
 
 def _graph(w_zero_point: int) -> tuple[Any, list[np.ndarray]]:
@@ -104,8 +114,10 @@ def test_lowering_routes_to_the_template_and_stays_exact(w_zero_point: int, monk
 
     graph, inputs = _graph(w_zero_point)
     names = [gv.name_hint for gv, _ in lower(graph).mod.functions_items()]
-    # Both ops take the template with symmetric weights; a weight zero point falls back for qconv2d only.
-    assert sum("vnni" in n for n in names) == (2 if w_zero_point == 0 else 1)
+    # Both ops take the template with symmetric weights (the conv's requantize fused into it: the plain int32
+    # kernel is emitted too and dropped later as dead code); a weight zero point falls back for qconv2d only.
+    assert sum("vnni" in n for n in names) == (3 if w_zero_point == 0 else 1)
+    assert sum("vnni_rq" in n for n in names) == (1 if w_zero_point == 0 else 0)
     got = build(graph, Target("cpu-int8", num_threads=2)).run(inputs)[0]
     assert np.array_equal(got, qcc.interpret(graph, inputs)[0])
     monkeypatch.setenv("QCC_INT8_VNNI", "0")

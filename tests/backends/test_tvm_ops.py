@@ -113,6 +113,8 @@ CASES: list[Case] = [
     # softmax / normalization
     C("softmax", [f32(2, 3, 5, lo=-5, hi=5)], {"axis": 2}),
     C("log_softmax", [f32(2, 3, 5, lo=-5, hi=5)], {"axis": 1}),
+    C("attention", [f32(2, 7, 8), f32(2, 19, 8), f32(2, 19, 5), f32(2, 1, 19)], {"scale": 0.35, "causal": True},
+      id="attention-causal-mask"),
     C("layer_norm", [f32(2, 3, 4), f32(3, 4), f32(3, 4)], {"axis": 1, "eps": 1e-5}),
     C("batch_norm", [f32(2, 3, 4, 4), f32(3), f32(3), f32(3), f32(3, lo=0.5, hi=2)], {"eps": 1e-3}),
     # convolution and pooling
@@ -180,6 +182,15 @@ CASES: list[Case] = [
     *[C("index_reduce", [f32(6, 3), np.array([1, 4, 1, 0, 4, 1], np.int64), f32(6, 3)],
         {"axis": 0, "reduce": red, "include_self": incl}, id=f"index_reduce-{red}-{incl}", group="scatter")
       for red in ("sum", "mean", "amax", "amin", "prod") for incl in (True, False)],
+    C("segment_csr", [np.array([1, 4, 1, 0, -1, 1, 2, 4], np.int64)], {"num_segments": 5}, group="scatter"),
+    # CSR of dst [1, 4, 1, 0, 4, 1, 2, 4] (vertex 3 has no in-edges), col = src [0, 2, 3, 3, 1, 4, 0, 2] in CSR order
+    C("gather_aggregate", [np.array([0, 1, 4, 5, 5, 8], np.int64), np.array([3, 0, 2, 5, 6, 1, 4, 7], np.int64),
+                           np.array([3, 0, 3, 4, 0, 2, 1, 2], np.int64), f32(5, 2, 3), f32(5, 2), f32(5, 2),
+                           f32(8, 2), f32(3)],
+      {"kinds": ("src", "dst", "src", "edge", "const"),
+       "score": (("add", ("x1", "x2"), None), ("add", ("t0", "x3"), None), ("leaky_relu", ("t1",), 0.2)),
+       "message": (("unsqueeze", ("alpha",), (1,)), ("mul", ("x0", "t0"), None), ("add", ("t1", "x4"), None))},
+      group="scatter"),
     C("index_reduce", [ints(5, 2, lo=-100, hi=100, dtype=np.int8), np.array([0, 3, 3, 3], np.int64),
                        ints(4, 2, lo=-100, hi=100, dtype=np.int8)],
       {"axis": 0, "reduce": "mean", "include_self": True}, id="index_reduce-mean-i8", group="int"),
@@ -220,6 +231,11 @@ CASES: list[Case] = [
     C("isoftmax", [ints(2, 5, lo=-128, hi=128, dtype=np.int8)], {"axis": 1, "ln2": 13, "b": 27, "c": 383},
       group="quant"),
     C("shiftmax", [ints(2, 5, lo=-128, hi=128, dtype=np.int8)], {"axis": 1, "one": 20, "k": 4}, group="quant"),
+    C("qattention", [ints(2, 7, 8, lo=-128, hi=128, dtype=np.int8), ints(2, 11, 8, lo=-128, hi=128, dtype=np.int8),
+                     ints(2, 11, 5, lo=0, hi=256, dtype=np.uint8), ints(1, 11, lo=-300, hi=300, dtype=np.int16)],
+      {"q_zero_point": 3, "k_zero_point": -1, "v_zero_point": 128, "softmax": ("shiftmax", 20, 30, 4),
+       "steps": (("requantize", 1 << 30, 36, "i16", 0, 0, None, None),
+                 ("qadd", 1 << 29, 3 << 28, 30, 0, 0, 0, "i16", None, None))}, group="quant"),
     C("igelu", [ints(3, 7, lo=-128, hi=128, dtype=np.int8)], {"b": 50, "one": 2765, "shift": 1}, group="quant"),
     C("shiftgelu", [ints(3, 7, lo=-128, hi=128, dtype=np.int8)], {"one": 12, "k": 3}, group="quant"),
     *[C("ilayer_norm", [ints(2, 3, 4, lo=-128, hi=128, dtype=np.int8), ints(3, 4, lo=500, hi=4000),

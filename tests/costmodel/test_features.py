@@ -93,3 +93,34 @@ def test_bad_kernels_are_clear_errors():
         kernel_features(kernel("dense", dtype="f8"))
     with pytest.raises(CostModelError, match="does not describe"):
         kernel_features(kernel("dense", shape={"type": "DenseShape", "M": 1}))
+
+
+QCONV = {**CONV, "type": "QConv2dShape", "x_dtype": "u8", "w_bits": 8, "out_dtype": "u8"}
+QLIN = {"type": "QDenseShape", "M": 16, "N": 64, "K": 128, "x_dtype": "i8", "w_bits": 4, "out_dtype": "u8"}
+
+
+@pytest.mark.parametrize("kind,shape", [("qconv2d", QCONV), ("qlinear", QLIN)])
+def test_integer_kernels_carry_their_bit_widths(kind, shape):
+    from qcc.costmodel.features import INT_KINDS
+
+    assert kind in INT_KINDS
+    k = {"kind": kind, "shape": shape, "params": {"type": "IntParams", "impl": "vnni"},
+         "epilogue": [["requantize"]], "dtype": shape["x_dtype"], "layout": "NCHW", "target": TARGET}
+    f = kernel_features(k)
+    named = dict(zip(FEATURE_NAMES, f, strict=True))
+    assert named[f"kind_{kind}"] == 1 and named["is_int"] == 1 and named["epi_requantize"] == 1
+    assert (named["x_bits"], named["w_bits"], named["acc_bits"], named["out_bits"]) == (8, shape["w_bits"], 32, 8)
+    assert named["p_vnni"] == 1 and named["layout_blocked"] == 0
+    w4 = dict(zip(FEATURE_NAMES, kernel_features({**k, "shape": {**shape, "w_bits": 4}}), strict=True))
+    w8 = dict(zip(FEATURE_NAMES, kernel_features({**k, "shape": {**shape, "w_bits": 8}}), strict=True))
+    assert w4["log_read"] < w8["log_read"] and w4["w_bits"] == 4  # packed 4-bit weights read half the bytes
+    generic = {**k, "params": {"type": "IntParams", "impl": "generic"}}
+    assert analytic_cycles(kind, shape, generic["params"], TARGET) > 10 * analytic_cycles(kind, shape, k["params"],
+                                                                                           TARGET)
+    with pytest.raises(CostModelError, match="lowering"):
+        kernel_features({**k, "params": {"type": "IntParams", "impl": "magic"}})
+    with pytest.raises(CostModelError, match="widths"):
+        kernel_features({**k, "shape": {**shape, "x_dtype": "q7"}})
+    # a float kernel reports its dtype's width everywhere and is not integer
+    fl = dict(zip(FEATURE_NAMES, kernel_features(kernel("dense")), strict=True))
+    assert fl["is_int"] == 0 and fl["w_bits"] == 32 and fl["acc_bits"] == 32

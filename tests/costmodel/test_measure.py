@@ -79,3 +79,30 @@ def test_compile_with_a_cost_model(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(CostModelError, match="does not exist"):
         qcc.compile(net, "cpu-fp32", (x,), cost_model=str(tmp_path / "missing.lgb"))
+
+
+def test_integer_kernels_are_measured_through_the_lowering():
+    import numpy as np
+
+    import qcc
+    from qcc.backends.tvm.kernels import int8
+    from qcc.backends.tvm.measure import IntMeasurer, any_space, int_graph
+    from qcc.errors import BackendError
+
+    shapes, attrs = [[4, 64], [32, 64]], {"w_bits": 4, "x_dtype": "u8"}
+    kind, shape, cands = any_space("qlinear", shapes, attrs)
+    assert kind == "qlinear" and shape["w_bits"] == 4 and shape["M"] == 4
+    assert [c["impl"] for c in cands] == (["vnni", "generic"] if int8.enabled() else ["generic"])
+    graph, inputs = int_graph("qlinear", shapes, attrs)
+    assert [n.op for n in graph.nodes] == ["qlinear", "requantize"] and graph.nodes[0].inputs[1].type.dtype == "i4"
+    w = next(a for v, a in graph.params.items() if v.name == "w")
+    assert w.min() >= -8 and w.max() <= 7
+    out = qcc.interpret(graph, inputs)[0]
+    assert out.dtype == np.uint8 and out.shape == (4, 32)
+    reps = IntMeasurer(number=2, repeat=2)(kind, shapes, attrs, cands[-1])
+    assert len(reps) == 2 and all(0 < r < 0.1 for r in reps)
+    with pytest.raises(BackendError, match="4/8-bit"):
+        int_graph("qlinear", shapes, {"w_bits": 2})
+    if not int8.enabled():  # asking for the template where it does not apply is a failed measurement
+        with pytest.raises(BackendError, match="VNNI"):
+            IntMeasurer()(kind, shapes, attrs, {"type": "IntParams", "impl": "vnni"})

@@ -132,3 +132,51 @@ def test_cli_train_and_eval(db_rows, tmp_path, capsys):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"x" * 200)
     assert main(["costmodel", "train", "--db", str(bad), "-o", str(out)]) == 13
+
+
+def test_integer_specs_collect_and_train_with_float_kernels(db_rows, tmp_path):
+    base = [{"kind": "conv2d", "shapes": [[1, 8, 10, 10], [16, 8, 3, 3]], "attrs": {"padding": (1, 1, 1, 1)},
+             "epilogue": [["bias"]], "model": "a"}, *specs()[:3], {"kind": "batch_matmul", "shapes": [[2, 4, 8],
+                                                                                                   [2, 8, 4]]}]
+    ints = job.integer_specs(base, (4, 8))
+    assert [(s["kind"], s["attrs"]["w_bits"]) for s in ints[:2]] == [("qconv2d", 4), ("qconv2d", 8)]
+    assert len(ints) == 8 and all(s["dtype"] == "u8" and s["epilogue"] == [["requantize"]] for s in ints)
+    assert ints[2]["shapes"] == [base[1]["shapes"][0], base[1]["shapes"][1]]  # qlinear x [M, K], w [N, K]
+    rand = job.random_int_variants(base, 6, bits=(4, 8))
+    assert len(rand) == 6 and {s["attrs"]["x_dtype"] for s in rand} <= {"u8", "i8"}
+
+    def int_space(kind, shapes, attrs):
+        from qcc.costmodel.describe import int_kernel
+
+        k = int_kernel(kind, shapes[0], shapes[1], attrs, attrs["x_dtype"], attrs["w_bits"])
+        return kind, k["shape"], [{"type": "IntParams", "impl": i} for i in ("vnni", "generic")]
+
+    def int_measure(kind, shapes, attrs, params, epilogue):  # the generic lowering is 50x slower
+        macs = float(np.prod(shapes[1])) * (100 if kind == "qconv2d" else shapes[0][0])
+        return [macs / 1e11 * (50 if params["impl"] == "generic" else 1)] * 2
+
+    path, _ = db_rows
+    copy = tmp_path / "m.sqlite"
+    copy.write_bytes(path.read_bytes())
+    with MeasurementDB(copy) as db:
+        stats = job.collect(ints, db, int_space, int_measure, TARGET, quiet=True)
+        assert stats["measured"] == 16
+        rows = db.rows()
+    irows = [r for r in rows if r["kind"] in ("qconv2d", "qlinear")]
+    assert len(irows) == 16 and {r["dtype"] for r in irows} == {"u8"} and {r["layout"] for r in irows} == {"NCHW"}
+    model = LightGBMCostModel.fit(rows)
+    assert {"dense", "qconv2d", "qlinear"} <= set(model.meta["kinds"])
+    f = tmp_path / "mixed.lgb"
+    model.save(f)
+    again = load_model(f)
+    assert again.meta["path"] == str(f) and set(again.meta["kinds"]) == set(model.meta["kinds"])
+    assert choose(again, [r for r in irows if r["kernel_id"] == irows[0]["kernel_id"]]) == 0  # vnni first
+
+
+@pytest.mark.parametrize("argv,match", [(["--int-bits", "3"], "4- or 8-bit"), (["--int-bits", "x"], "widths like"),
+                                        (["--rpc", "h:1"], "this machine only")])
+def test_cli_collect_checks_integer_options(tmp_path, capsys, argv, match):
+    from qcc.cli import main
+
+    assert main(["costmodel", "collect", "--db", str(tmp_path / "m.sqlite"), *argv]) != 0
+    assert match in capsys.readouterr().err

@@ -102,9 +102,9 @@ def test_bad_targets(cnn, target):
         qcc.compile(model, target=target, example_inputs=(x,))
 
 
-def test_accelerator_not_built_yet(cnn):
+def test_accelerator_needs_calibration(cnn):
     model, x = cnn
-    with pytest.raises(TargetError, match="not available"):
+    with pytest.raises(OptionError, match="calibration"):
         qcc.compile(model, target="accel-int8", example_inputs=(x,))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from qcc.ir.ops.registry import REQUIRED, check, register, same_type
+from qcc.ir.ops.registry import REQUIRED, broadcast_shapes, check, register, same_type
 from qcc.ir.types import FLOAT_DTYPES, TensorType
 
 
@@ -128,8 +128,22 @@ register("batch_norm", _batch_norm_type, _batch_norm, num_inputs=(5, 5), attrs={
 def _matmul_type(ts: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     a, b = ts
     check(a.dtype == b.dtype, f"matmul dtypes differ: {a.dtype} vs {b.dtype}")
-    shape = np.matmul(np.empty(a.shape, np.int8), np.empty(b.shape, np.int8)).shape
-    return [a.with_shape(shape)]
+    return [a.with_shape(matmul_shape(a.shape, b.shape))]
+
+
+def matmul_shape(sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy.matmul's result shape, computed from the shapes (multiplying empty arrays costs O(M·N·K) time)."""
+    check(len(sa) >= 1 and len(sb) >= 1, "matmul operands must have rank >= 1")
+    a2 = (1, *sa) if len(sa) == 1 else tuple(sa)
+    b2 = (*sb, 1) if len(sb) == 1 else tuple(sb)
+    check(a2[-1] == b2[-2], f"matmul contraction dims differ: {list(sa)} @ {list(sb)}")
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    out = [*batch, a2[-2], b2[-1]]
+    if len(sb) == 1:
+        out.pop(-1)
+    if len(sa) == 1:
+        out.pop(len(batch))
+    return tuple(int(d) for d in out)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -4,38 +4,22 @@ points of W8A8."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("ortools")
 
-from qcc.frontends import import_model  # noqa: E402
-from qcc.interpreter import interpret  # noqa: E402
-from qcc.ir.pass_manager import PassContext, run_passes  # noqa: E402
 from qcc.passes.mixed import AllocationProblem, mixed_quantize_graph, tie_constraints  # noqa: E402
 from qcc.passes.quant import quantize_graph  # noqa: E402
-from qcc.pipeline import float_pipeline  # noqa: E402
 from tests import zoo  # noqa: E402
+from tests.digits_graphs import BATCH, accuracy, float_graph  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
-BATCH = 50
-
-
-def _float_graph(model):
-    g = import_model(model, (torch.zeros(BATCH, 1, 8, 8),))
-    ctx = PassContext()
-    return run_passes(g, float_pipeline(ctx), ctx)
-
-
-def _accuracy(graph, x, y):
-    logits = [interpret(graph, [np.ascontiguousarray(x[i:i + BATCH])])[0] for i in range(0, len(x), BATCH)]
-    return zoo.accuracy(np.concatenate(logits), y)
 
 
 def test_sensitivity_and_ties_on_the_untrained_cnn():
     xtr, _, _, _ = zoo.digits_data()
-    g = _float_graph(zoo.digits_cnn().eval())
+    g = float_graph(zoo.digits_cnn().eval())
     ties = tie_constraints(g)
     assert ("convolution", "convolution_2") in ties  # both inputs of the residual add
     problem = AllocationProblem.build(g, [xtr[:BATCH]], (4, 8))
@@ -61,13 +45,13 @@ def _trained(train):
 @pytest.mark.parametrize("name,train", [("digits CNN", zoo.train_digits_cnn), ("digits ViT", zoo.train_digits_vit)])
 def test_half_budget_accuracy_between_int4_and_int8(name, train):
     xtr, _, xte, yte = zoo.digits_data()
-    g = _float_graph(_trained(train))
+    g = float_graph(_trained(train))
     calib = [xtr[i:i + BATCH].copy() for i in range(0, 500, BATCH)]
     q8, r8 = quantize_graph(g, calibration=calib, progress=False)
     q4, r4 = quantize_graph(g, bits=4, calibration=calib, progress=False)
     half = (r8.total_bytes + r4.total_bytes) / 2
     qm, rm = mixed_quantize_graph(g, budget={"size_mb": half / 1e6}, calibration=calib, progress=False)
-    acc8, acc4, accm = _accuracy(q8, xte, yte), _accuracy(q4, xte, yte), _accuracy(qm, xte, yte)
+    acc8, acc4, accm = accuracy(q8, xte, yte), accuracy(q4, xte, yte), accuracy(qm, xte, yte)
     print(f"\n{name}: W8A8 {acc8:.4f} ({r8.total_bytes} B)  W4A8 {acc4:.4f} ({r4.total_bytes} B)  "
           f"mixed {accm:.4f} ({rm.total_bytes} B, budget {half:.0f} B)\n{rm.text()}")
     assert rm.integer_only

@@ -4,37 +4,21 @@ settings: integer-only top-1 within 1 point of FP32 for both, W4A8 within 3 poin
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from qcc.frontends import import_model  # noqa: E402
-from qcc.interpreter import interpret  # noqa: E402
-from qcc.ir.pass_manager import PassContext, run_passes  # noqa: E402
 from qcc.passes.quant import quantize_graph  # noqa: E402
-from qcc.pipeline import float_pipeline  # noqa: E402
 from tests import zoo  # noqa: E402
+from tests.digits_graphs import BATCH, accuracy, float_graph  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-BATCH = 50  # graph batch size; 450 test digits = 9 batches
 
 
 @pytest.fixture(scope="module")
 def digits():
     return zoo.digits_data()
-
-
-def _float_graph(model):
-    g = import_model(model, (torch.zeros(BATCH, 1, 8, 8),))
-    ctx = PassContext()
-    return run_passes(g, float_pipeline(ctx), ctx)
-
-
-def _accuracy(graph, x, y):
-    logits = [interpret(graph, [np.ascontiguousarray(x[i:i + BATCH])])[0] for i in range(0, len(x), BATCH)]
-    return zoo.accuracy(np.concatenate(logits), y)
 
 
 def _calibration(xtr):
@@ -46,11 +30,11 @@ def test_digits_cnn_int8_and_int4(digits):
     model = zoo.train_digits_cnn()
     with torch.no_grad():
         fp32 = zoo.accuracy(model(torch.from_numpy(xte)), yte)
-    g = _float_graph(model)
-    assert _accuracy(g, xte, yte) == pytest.approx(fp32, abs=1e-9)
+    g = float_graph(model)
+    assert accuracy(g, xte, yte) == pytest.approx(fp32, abs=1e-9)
     q8, r8 = quantize_graph(g, calibration=_calibration(xtr), progress=False)
     q4, r4 = quantize_graph(g, bits=4, calibration=_calibration(xtr), progress=False)
-    acc8, acc4 = _accuracy(q8, xte, yte), _accuracy(q4, xte, yte)
+    acc8, acc4 = accuracy(q8, xte, yte), accuracy(q4, xte, yte)
     print(f"\ndigits CNN: fp32 {fp32:.4f}  int8 (integer-only) {acc8:.4f}  W4A8 (integer-only) {acc4:.4f}")
     print(r8.text())
     assert r8.integer_only and r4.integer_only
@@ -65,9 +49,9 @@ def test_digits_vit_int8(digits, nonlinear, points):
     model = _vit()
     with torch.no_grad():
         fp32 = zoo.accuracy(model(torch.from_numpy(xte)), yte)
-    g = _float_graph(model)
+    g = float_graph(model)
     q8, r8 = quantize_graph(g, calibration=_calibration(xtr), progress=False, nonlinear=nonlinear)
-    acc8 = _accuracy(q8, xte, yte)
+    acc8 = accuracy(q8, xte, yte)
     print(f"\ndigits ViT: fp32 {fp32:.4f}  int8 integer-only ({nonlinear}) {acc8:.4f}")
     assert r8.integer_only, r8.text()
     ops = set(q8.op_counts())
