@@ -192,8 +192,9 @@ def compile(model: Any, target: str | Target = "cpu-fp32", example_inputs: Seque
     `calibration_runner="auto"|"interpreter"|"tvm"` (integer targets: observe the calibration batches with the
     reference interpreter or a float TVM build of the graph; "auto" builds when the model is large),
     `fusion="auto"` (the fuse pass groups nodes into kernels) or "off" (one kernel per op),
-    `attention="auto"` (float targets: softmax(Q·Kᵀ·s + mask)·V becomes one tiled attention kernel), "on" (also
-    integer targets: the integer chain becomes one exact `qattention` kernel) or "off",
+    `attention="auto"` (float targets: softmax(Q·Kᵀ·s + mask)·V becomes one tiled attention kernel; integer
+    targets: the integer chain becomes one exact `qattention` kernel from 1024 keys), "on" (`qattention` at any
+    length) or "off",
     `attention_tile=(br, bc)` (force the attention kernel's query / key tile sizes), and target
     options such as `num_threads`, `mcpu`, `arch`.
     """

@@ -41,15 +41,19 @@ def gnn_fuse_passes(ctx: PassContext) -> list[Pass]:
     return [get_pass("gnn-fuse"), get_pass("constant-folding")]
 
 
+QATTENTION_AUTO_KEYS = 1024  # attention="auto" on integer targets: the tiled integer kernel from this many keys
+
+
 def qattention_passes(target: Target, ctx: PassContext) -> list[Pass]:
-    """Integer targets, after quantization, with `attention="on"`: the realized integer attention chain becomes one
-    `qattention` (a bit-exact rewrite; cpu and cuda backends). Not yet the default ("auto"): with the fuse pass on,
-    the mask's input-quantize chain then fuses into one kernel that the TIR no-float check rejects."""
+    """Integer targets, after quantization: the realized integer attention chain becomes one `qattention` (a
+    bit-exact rewrite; cpu and cuda backends) — with `attention="on"` always, with "auto" when it attends over
+    at least QATTENTION_AUTO_KEYS keys (where the N×M scores would cost memory; shorter ones run faster unfused)."""
     from qcc.passes import get_pass
 
-    if ctx.options.get("attention", "auto") != "on" or target.device not in ("cpu", "cuda"):
+    mode = ctx.options.get("attention", "auto")
+    if mode == "off" or target.device not in ("cpu", "cuda"):
         return []
-    return [get_pass("recognize-qattention")]
+    return [get_pass("recognize-qattention", min_keys=0 if mode == "on" else QATTENTION_AUTO_KEYS)]
 
 
 def attention_passes(ctx: PassContext) -> list[Pass]:

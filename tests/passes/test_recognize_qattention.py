@@ -52,6 +52,9 @@ def test_exact_on_wide_random_integers():
         }}""")  # noqa: E501
     out = run_passes(g, [RecognizeQAttention()], PassContext())
     assert [n.op for n in out.nodes] == ["transpose", "qattention"]
+    # min_keys (attention="auto" asks for long sequences only): 9 keys stay unfused below the threshold
+    assert [n.op for n in run_passes(g, [RecognizeQAttention(min_keys=9)], PassContext()).nodes][-1] == "qattention"
+    assert "qattention" not in run_passes(g, [RecognizeQAttention(min_keys=10)], PassContext()).op_counts()
     rng = np.random.default_rng(3)
     for _ in range(3):
         ins = [rng.integers(-128, 128, (1, 2, 7, 8)).astype(np.int8),
@@ -79,3 +82,16 @@ def test_declines(check_pass, change):
     ctx = PassContext()
     check_pass(RecognizeQAttention(), ctx=ctx, before=before, after=print_graph(parse(before)))
     assert ctx.stats["recognize-qattention"] == {}
+
+
+def test_pipeline_uses_the_tiled_integer_kernel_for_long_sequences_by_default():
+    from qcc.pipeline import QATTENTION_AUTO_KEYS, qattention_passes
+    from qcc.target import Target
+
+    def keys(target: str, **options):
+        passes = qattention_passes(Target(target), PassContext(options=options))
+        return [p.min_keys for p in passes]
+
+    assert keys("cpu-int8") == [QATTENTION_AUTO_KEYS] and keys("cuda-int8") == [QATTENTION_AUTO_KEYS]
+    assert keys("cpu-int8", attention="on") == [0]
+    assert keys("cpu-int8", attention="off") == [] and keys("accel-int8") == []
