@@ -17,6 +17,7 @@ from qcc.pipeline import optimize
 from qcc.target import Target
 
 torch = pytest.importorskip("torch")
+from tests.onnx_models import small_gemm_onnx  # noqa: E402
 from tests.zoo import digits_cnn, digits_data, image_input, resnet_tiny  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
@@ -107,18 +108,9 @@ def test_accel_needs_calibration():
 
 @pytest.mark.onnx
 def test_cli_compiles_onnx_to_qbin_and_disassembles(tmp_path, capsys):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
+    pytest.importorskip("onnx")
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1, name="fc"),
-             helper.make_node("Relu", ["h"], ["y"], name="act")]
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, b])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
-              tmp_path / "m.onnx")
+    small_gemm_onnx(tmp_path / "m.onnx")
     np.save(tmp_path / "calib.npy", rng.standard_normal((2, 6)).astype(np.float32))
     out = tmp_path / "m.qbin"
     assert main(["compile", str(tmp_path / "m.onnx"), "--target", "accel-int8", "--calibration",

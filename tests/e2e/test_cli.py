@@ -10,24 +10,12 @@ import numpy as np
 import pytest
 
 from qcc.cli import main
+from tests.onnx_models import small_gemm_onnx
 
 onnx = pytest.importorskip("onnx")
 pytestmark = [pytest.mark.onnx, pytest.mark.tvm]
 
 
-def _small_onnx(path: Path) -> Path:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1, name="fc"),
-             helper.make_node("Relu", ["h"], ["y"], name="act")]
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, path)
-    return path
 
 
 def _unsupported_onnx(path: Path) -> Path:
@@ -50,7 +38,7 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_compile_run_round_trip(tmp_path, capsys):
-    model = _small_onnx(tmp_path / "m.onnx")
+    model = small_gemm_onnx(tmp_path / "m.onnx")
     lib = tmp_path / "m.so"
     assert main(["compile", str(model), "--target", "cpu-fp32", "-o", str(lib), "--num-threads", "1"]) == 0
     assert lib.exists() and Path(str(lib) + ".json").exists()
@@ -67,14 +55,14 @@ def test_compile_run_round_trip(tmp_path, capsys):
 
 
 def test_inspect_print_after_all(tmp_path, capsys):
-    model = _small_onnx(tmp_path / "m.onnx")
+    model = small_gemm_onnx(tmp_path / "m.onnx")
     assert main(["inspect", str(model), "--print-after-all"]) == 0
     out = capsys.readouterr().out
     assert "imported from" in out and "IR after canonicalize" in out and "linear(" in out
 
 
 def test_corrupt_model_exits_nonzero(tmp_path, capsys):
-    good = _small_onnx(tmp_path / "m.onnx").read_bytes()
+    good = small_gemm_onnx(tmp_path / "m.onnx").read_bytes()
     bad = tmp_path / "truncated.onnx"
     bad.write_bytes(good[: len(good) // 2])
     code = main(["compile", str(bad), "-o", str(tmp_path / "x.so")])
@@ -91,7 +79,7 @@ def test_unsupported_ops_listed_in_one_line(tmp_path, capsys):
 
 
 def test_unknown_target_and_wrong_shape(tmp_path, capsys):
-    model = _small_onnx(tmp_path / "m.onnx")
+    model = small_gemm_onnx(tmp_path / "m.onnx")
     assert main(["compile", str(model), "--target", "tpu-fp32", "-o", str(tmp_path / "a.so")]) != 0
     assert "TargetError" in _error_line(capsys)
     lib = tmp_path / "m.so"
@@ -112,7 +100,7 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_compile_int8_with_calibration_file(tmp_path, capsys):
-    model = _small_onnx(tmp_path / "m.onnx")
+    model = small_gemm_onnx(tmp_path / "m.onnx")
     rng = np.random.default_rng(2)
     calib = rng.standard_normal((16, 6)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=calib)
