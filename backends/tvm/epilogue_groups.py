@@ -28,6 +28,7 @@ which the lowering fuses into one generic kernel. With `fusion="off"` anchors fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,24 +164,12 @@ def find_groups(graph: Graph, fusion: str = "tvm") -> list[Group]:
             g.steps.append(("bias",))
         v = node.outputs[0]
         chain = _meta_chain(graph, node) if fusion == "auto" else [] if fusion == "off" else None
-        if chain is not None:
-            for i, nxt in enumerate(chain):
-                step = None if nxt in claimed or v not in nxt.inputs else _step(nxt, v, g, graph)
-                if step is None:
-                    g.tail = chain[i:]
-                    break
-                g.steps.append(step)
-                g.members.append(nxt)
-                v = nxt.outputs[0]
-            claimed.update(g.members)
-            groups.append(g)
-            continue
-        while v not in outputs and len(users.get(v, [])) == 1:
-            nxt = users[v][0]
-            if nxt in claimed:
-                break
-            step = _step(nxt, v, g, graph)
+        candidates = chain if chain is not None else _single_use_chain(g, users, outputs)
+        for i, nxt in enumerate(candidates):
+            step = None if nxt in claimed or v not in nxt.inputs else _step(nxt, v, g, graph)
             if step is None:
+                if chain is not None:
+                    g.tail = chain[i:]  # the fuse pass's members the template cannot fold
                 break
             g.steps.append(step)
             g.members.append(nxt)
@@ -188,6 +177,16 @@ def find_groups(graph: Graph, fusion: str = "tvm") -> list[Group]:
         claimed.update(g.members)
         groups.append(g)
     return groups
+
+
+def _single_use_chain(g: Group, users: dict[Value, list[Node]], outputs: set[Value]) -> Iterator[Node]:
+    """The rule's chain (no fusion meta): the sole user of the group's current output, while that output is no
+    graph output and has exactly one user; read lazily, as the group grows."""
+    while True:
+        v = g.members[-1].outputs[0]
+        if v in outputs or len(users.get(v, [])) != 1:
+            return
+        yield users[v][0]
 
 
 def describe(groups: list[Group]) -> list[str]:
