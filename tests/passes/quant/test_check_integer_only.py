@@ -13,7 +13,8 @@ from qcc.ir.pass_manager import PassContext, run_passes
 from qcc.passes import get_pass
 from qcc.passes.quant import Calibrate, CheckIntegerOnly, Quantize, RealizeInteger, check_integer_only
 
-INTEGER = """
+# quantize → qlinear → requantize, all integer: the body both graphs below start with.
+_BODY = """
 func @main(%x: f32[1,2]) -> (f32[1,2]) {
   %s = param "s" : f32[] dense<[0.1]>
   %z = param "z" : i32[] dense<[0]>
@@ -22,22 +23,15 @@ func @main(%x: f32[1,2]) -> (f32[1,2]) {
   %c = param "c" : i32[] dense<[31]>
   %0 = quantize(%x, %s, %z) {dtype="i8"} : i8[1,2]
   %1 = qlinear(%0, %wq) : i32[1,2]  // fc
-  %2 = requantize(%1, %m, %c) {dtype="i8"} : i8[1,2]  // fc
+  %2 = requantize(%1, %m, %c) {dtype="i8"} : i8[1,2]  // fc"""
+
+INTEGER = _BODY + """
   %3 = dequantize(%2, %s, %z) : f32[1,2]
   return %3
 }"""
 
-# The same with a float relu between two dequantize / quantize pairs: a float op left in.
-FLOAT_LEFT = """
-func @main(%x: f32[1,2]) -> (f32[1,2]) {
-  %s = param "s" : f32[] dense<[0.1]>
-  %z = param "z" : i32[] dense<[0]>
-  %wq = param "wq" : i8[2,2] dense<[10, 20, -30, 40]>
-  %m = param "m" : i32[] dense<[1073741824]>
-  %c = param "c" : i32[] dense<[31]>
-  %0 = quantize(%x, %s, %z) {dtype="i8"} : i8[1,2]
-  %1 = qlinear(%0, %wq) : i32[1,2]  // fc
-  %2 = requantize(%1, %m, %c) {dtype="i8"} : i8[1,2]  // fc
+# The same with a float sigmoid between two dequantize / quantize pairs: a float op left in.
+FLOAT_LEFT = _BODY + """
   %3 = dequantize(%2, %s, %z) : f32[1,2]  // fc
   %4 = sigmoid(%3) : f32[1,2]  // gate
   %5 = quantize(%4, %s, %z) {dtype="i8"} : i8[1,2]  // gate

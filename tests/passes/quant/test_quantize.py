@@ -12,18 +12,7 @@ from qcc.ir.pass_manager import PassContext, run_passes
 from qcc.passes import get_pass
 from qcc.passes.quant import Calibrate, Quantize
 from qcc.passes.quant.report import sqnr_db
-
-MLP = """
-func @main(%x: f32[1,2]) -> (f32[1,2]) {
-  %w = param "w" : f32[2,2] dense<[1.0, -0.5, 0.25, 2.0]>
-  %b = param "b" : f32[2] dense<[0.1, -0.2]>
-  %0 = linear(%x, %w, %b) : f32[1,2]  // fc1
-  %1 = relu(%0) : f32[1,2]  // act
-  %2 = linear(%1, %w) : f32[1,2]  // fc2
-  return %2
-}
-"""
-CALIB = [np.array([[1.27, -1.27]], np.float32), np.array([[0.5, 0.3]], np.float32)]
+from tests.passes.quant.mlp_fixture import CALIB, MLP
 
 GOLDEN = """
 func @main(%x: f32[1,2]) -> (f32[1,2]) {
