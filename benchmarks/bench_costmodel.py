@@ -5,10 +5,12 @@ shared machine hit both alike). No tuning database is used (QCC_TUNE_DB points t
 
     python benchmarks/bench_costmodel.py --models resnet18,mobilenet,bert --rounds 20 --threads 2
 
-`--mixed digits|resnet_tiny` instead runs the bit-allocation experiment (`mixed_experiment`): the ILP's latency
-term from the analytic roofline, from the cost model, and from measuring every layer's integer kernel at each
-width; allocations under the same relative latency budgets compared. `--db m.sqlite` adds the leave-one-model-out
-metrics of the measurements split by float and integer kernels; `--write` appends both to RESULTS.md.
+`--db m.sqlite` adds the held-out metrics of a measurement database (split into float template, integer and
+attention kernels, each with its noise floor), `--collect-log` the collect's throughput line, `--write` appends
+all of it to RESULTS.md. `--mixed digits|resnet_tiny` instead runs the bit-allocation experiment
+(`mixed_experiment`): the ILP's latency term from the analytic roofline, from the cost model, and from measuring
+every layer's integer kernel at each width; allocations under the same relative latency budgets compared (with
+`--db`, also the held-out split; `--write` appends both).
 """
 
 from __future__ import annotations
@@ -121,7 +123,17 @@ def heldout_split(db: str) -> str:
     kinds: dict[str, int] = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    return f"{db}: {counts}; successful measurements per kind {kinds}\n\n```\n{format_report(report)}\n```"
+    out = f"{db}: {counts}; successful measurements per kind {kinds}\n\n```\n{format_report(report)}\n```"
+    if kinds.get("attention"):
+        from qcc.costmodel.evaluate import kfold_kernels, pct_of
+
+        a = kfold_kernels(rows, ("attention",))
+        out += (f"\n\nAttention tiles, 4-fold over attention kernels (zoo + random shapes; each fold trains on "
+                f"everything but its kernels): n={a['measurements']} kernels={int(a.get('kernels', 0))} Spearman "
+                f"{a['spearman']:.3f} MAPE {pct_of(a, 'mape')} top-1 {pct_of(a, 'top1')} top-5 {pct_of(a, 'top5')} "
+                f"pick slowdown {pct_of(a, 'slowdown')} (rule {pct_of(a, 'rule_slowdown')}, noise floor "
+                f"{pct_of(a, 'noise_slowdown')}).")
+    return out
 
 
 def main() -> int:
@@ -132,8 +144,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cost-model", default=None, help="model file (default: the shipped one)")
     ap.add_argument("--mixed", choices=("digits", "resnet_tiny"), help="run the bit-allocation experiment instead")
-    ap.add_argument("--db", help="with --mixed: also the held-out float / int split of this measurement database")
-    ap.add_argument("--write", action="store_true", help="with --mixed: append the results to RESULTS.md")
+    ap.add_argument("--db", help="the held-out metrics (float / int / attention) of this measurement database")
+    ap.add_argument("--write", action="store_true", help="append the results to RESULTS.md")
+    ap.add_argument("--note", help="a line for RESULTS.md (how the measurements were taken, the load)")
+    ap.add_argument("--collect-log", help="`qcc costmodel collect` logs (comma separated) whose summary lines "
+                    "(throughput) to report")
     args = ap.parse_args()
     setup_threads(args.threads)
     os.environ["QCC_TUNE_DB"] = os.path.join(tempfile.mkdtemp(), "none.json")
@@ -156,14 +171,43 @@ def main() -> int:
                            "latency term", "python " + " ".join(sys.argv), machine_info(args.threads, {
                                "lightgbm": lightgbm.__version__, "tvm": tvm.__version__}), body)
         return 0
+    body = ""
+    if args.db:
+        body += "**Held-out (leave-one-model-out) metrics: float template / integer / attention kernels**\n\n" + \
+            heldout_split(args.db) + "\n\n"
+    for path in (args.collect_log or "").split(","):
+        if path:
+            with open(path, errors="replace") as f:
+                last = [ln for ln in f.read().replace("\r", "\n").splitlines() if ln.startswith("measured ")]
+            body += f"**Collect** (`{path}`): {last[-1] if last else 'no summary line'}\n\n"
+    if args.note:
+        body += f"{args.note}\n\n"
+    body += "**End to end: cost-model-chosen schedules, fusion checks and attention tiles vs the backend's rules**" \
+        "\n\n" + end_to_end(args)
+    print(body)
+    if args.write:
+        import lightgbm
+        import tvm
+        from common import REPO, append_results, machine_info
+
+        append_results(REPO / "benchmarks" / "RESULTS.md", "Cost model: retrained with interleaved measurements "
+                       "(held-out metrics, noise floor, end to end)", "python " + " ".join(sys.argv),
+                       machine_info(args.threads, {"lightgbm": lightgbm.__version__, "tvm": tvm.__version__}), body)
+    return 0
+
+
+def end_to_end(args: argparse.Namespace) -> str:
+    """Each zoo model compiled for cpu-fp32 with the rules (`cost_model="rule"`) and with the cost model, timed
+    round-robin; a markdown table."""
     import numpy as np
 
     import qcc
     from tests import zoo
 
     table = zoo.TINY_ZOO if args.tiny else zoo.ZOO
-    print("| model | rule defaults ms | cost-model picks ms | ratio | max abs diff | compile s (rule / model) |")
-    print("|---|---|---|---|---|---|")
+    lines = ["| model | rule defaults ms | cost-model picks ms | ratio | max abs diff | compile s (rule / model) |",
+             "|---|---|---|---|---|---|"]
+    ratios = []
     for name in args.models.split(","):
         factory, inputs = table[name]
         model, x = factory(), inputs()
@@ -182,9 +226,13 @@ def main() -> int:
                 lib(*arrays)
                 times[k].append(time.perf_counter() - t0)
         rule, mod = statistics.median(times["rule"]) * 1e3, statistics.median(times["model"]) * 1e3
-        print(f"| {name} | {rule:.2f} | {mod:.2f} | {mod / rule:.3f} | {diff:.1e} | "
-              f"{build_s['rule']:.0f} / {build_s['model']:.0f} |", flush=True)
-    return 0
+        ratios.append(mod / rule)
+        lines.append(f"| {name} | {rule:.2f} | {mod:.2f} | {mod / rule:.3f} | {diff:.1e} | "
+                     f"{build_s['rule']:.0f} / {build_s['model']:.0f} |")
+        print(lines[-1], flush=True)
+    geo = float(np.exp(np.mean(np.log(ratios))))
+    return "\n".join(lines) + f"\n\nGeometric mean cost-model / rule latency: {geo:.3f} ({args.rounds} " \
+        "interleaved rounds, medians)."
 
 
 if __name__ == "__main__":

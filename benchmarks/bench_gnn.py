@@ -8,7 +8,9 @@ synthetic graph (default 100k vertices, 1M edges, 64 features), with uniform and
 - ``pyg``: ``torch_geometric`` GCNConv / GATConv with the same weights (when the package is installed);
 - ``qcc-nognn``: qcc cpu-fp32 without the GNN passes (the float clean-up only);
 - ``qcc-reorg``: with propagation-postponed reorganization only (``gnn_fuse="off"``);
-- ``qcc``: the default pipeline (reorganization + gnn-fuse: CSR gather_aggregate kernels).
+- ``qcc``: the default pipeline (reorganization + gnn-fuse: CSR gather_aggregate kernels);
+- ``qcc-int8`` (with ``--target cpu-int8``): the integer-only cpu-int8 build (calibrated on another random graph
+  of the same size; integer GCN sums and EdgeConv maxima fused, the integer GAT aggregation unfused).
 
 Latencies are medians of an interleaved run (one call per contender per round). FLOPs, bytes moved and the peak
 intermediate memory come from `qcc.passes.gnn.analysis` on each qcc graph (the unfused graph models the eager
@@ -16,6 +18,7 @@ executor); the measured peak is the process's resident-set high-water mark over 
 
     python benchmarks/bench_gnn.py --threads 2 --repeats 7 --write
     python benchmarks/bench_gnn.py --vertices 2000 --edges 20000 --repeats 2       # a quick check of the harness
+    python benchmarks/bench_gnn.py --target cpu-int8 ...                           # adds the qcc-int8 rows
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=float, default=30.0, help="drop a contender when one run exceeds this (s)")
     p.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    p.add_argument("--target", action="append", default=[], choices=["cpu-int8"],
+                   help="also benchmark qcc on this integer target (calibrated on another random graph)")
     return p.parse_args(argv)
 
 
@@ -148,12 +153,28 @@ def qcc_graphs(model: Any, inputs: tuple[Any, ...], threads: int) -> dict[str, A
     return graphs
 
 
-def qcc_builder(graph: Any, inputs: list[np.ndarray], threads: int) -> Callable[[], tuple[Callable, str]]:
+def qcc_int8_graph(model: Any, inputs: tuple[Any, ...], threads: int, calibration: list[tuple[np.ndarray, ...]],
+                   target_name: str) -> Any:
+    """The integer-only graph of `target_name` (quantized with `calibration`), with qcc's fuse groups as
+    `qcc.compile` makes it (built with fusion="auto")."""
+    from qcc.frontends import import_model
+    from qcc.ir.pass_manager import PassContext
+    from qcc.pipeline import fuse, optimize
+    from qcc.target import Target
+
+    target = Target(target_name, num_threads=threads)
+    ctx = PassContext(target=target, options={"calibration": calibration, "progress": False})
+    return fuse(optimize(import_model(model, inputs), target, ctx), target, ctx)
+
+
+def qcc_builder(graph: Any, inputs: list[np.ndarray], threads: int,
+                target_name: str = "cpu-fp32") -> Callable[[], tuple[Callable, str]]:
     def make() -> tuple[Callable[[], np.ndarray], str]:
         from qcc.backends.tvm import build as tvm_build
         from qcc.target import Target
 
-        exe = tvm_build(graph, Target("cpu-fp32", num_threads=threads))
+        target = Target(target_name, num_threads=threads)
+        exe = tvm_build(graph, target, fusion="auto" if target.is_integer else "tvm")
         kernels = sum(1 for ops in exe.kernels.values() if ops[0] == "gather_aggregate")
         return (lambda: exe.run(inputs)[0]), f"{kernels} fused kernels"
 
@@ -191,6 +212,14 @@ def bench_one(model_name: str, graph_name: str, args: argparse.Namespace) -> tup
     model = make_model(model_name, args.features)
     inputs = [x.numpy(), src.numpy(), dst.numpy()]
     graphs = qcc_graphs(model, (x, src, dst), args.threads)
+    int_targets: dict[str, str] = {}
+    for target_name in args.target:
+        cx, cs, cd = zoo.synthetic_graph(args.vertices, args.edges, args.features, seed=1,
+                                         power_law=graph_name == "powerlaw")
+        name = "qcc-" + target_name.split("-")[1]
+        graphs[name] = qcc_int8_graph(model, (x, src, dst), args.threads, [(cx.numpy(), cs.numpy(), cd.numpy())],
+                                      target_name)
+        int_targets[name] = target_name
     costs = {k: analyze(g) for k, g in graphs.items()}
     contenders: list[Contender] = []
 
@@ -206,7 +235,7 @@ def bench_one(model_name: str, graph_name: str, args: argparse.Namespace) -> tup
         contenders.append(build("torch.sparse", sparse_gcn(model, x, src, dst)))
     contenders.append(build("pyg", pyg_model(model_name, model, x, src, dst)))
     for name, g in graphs.items():
-        contenders.append(build(name, qcc_builder(g, inputs, args.threads)))
+        contenders.append(build(name, qcc_builder(g, inputs, args.threads, int_targets.get(name, "cpu-fp32"))))
     run_interleaved(contenders, args.repeats, single_budget_s=args.budget, total_budget_s=args.budget * args.repeats)
     peaks = {c.name: peak_rss_mb(c.fn) if c.ok else float("nan") for c in contenders}
     ref = next((c.output for c in contenders if c.name == "pytorch" and c.output is not None), None)
@@ -262,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         info.append(f"- graph: {args.vertices} vertices, {args.edges} edges, {args.features} features; "
                     f"{args.repeats} interleaved rounds, medians")
         command = "python benchmarks/bench_gnn.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        append_results(REPO / "benchmarks" / "RESULTS.md", "GNN: reorganization + fusion (cpu-fp32)", command, info,
+        title = "GNN: reorganization + fusion (" + ", ".join(["cpu-fp32", *args.target]) + ")"
+        append_results(REPO / "benchmarks" / "RESULTS.md", title, command, info,
                        body)
 
 

@@ -10,6 +10,8 @@ A qcc build that fails is recorded in the table (first line of the error), never
 
     python benchmarks/bench_int8.py                     # both models, 10 rounds
     python benchmarks/bench_int8.py --models resnet18 --repeats 5 --write
+    python benchmarks/bench_int8.py --models resnet18 --int4 --profile   # + cpu-int4 (W4A8), per-kernel times
+    python benchmarks/bench_int8.py --models resnet18 --no-digits --threads 2 --profile   # + per-kernel times
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from common import (  # noqa: E402 - the benchmarks folder is not a package
 )
 
 CONTENDERS = ("qcc-int8", "qcc-fp32", "ort-int8", "ort-fp32", "pytorch")
+PROFILES: dict[str, str] = {}  # --profile: contender -> per-kernel table
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,6 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--total-budget", type=float, default=60.0, help="stop timing a contender after this (s)")
     p.add_argument("--no-digits", action="store_true", help="skip the digits accuracy table")
     p.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    p.add_argument("--profile", action="store_true", help="print where qcc cpu-int8 spends its time, per kernel")
+    p.add_argument("--int4", action="store_true", help="also time qcc cpu-int4 (W4A8, weights packed two per byte)")
     return p.parse_args(argv)
 
 
@@ -130,7 +135,46 @@ def make_ort(path_fn: Callable[[], Path], arrays: Sequence[np.ndarray], threads:
     return make
 
 
-def make_qcc(model, inputs, target: str, threads: int, calib, sizes: dict, key: str, workdir: Path):
+def kernel_profile(lib, arrays: Sequence[np.ndarray], runs: int = 20) -> list[tuple[str, float, int]]:
+    """(kernel family, ms per inference, calls per inference) of a qcc CPU library, from the Relax VM's
+    instrument hook (wall time around each call), largest first; families merge the numbered copies."""
+    import re
+    import time
+    from collections import Counter, defaultdict
+
+    import tvm
+    from tvm import relax
+
+    from qcc.backends.tvm import runtime
+
+    exe = lib._exe
+    runtime.configure_threads(exe.target.num_threads)
+    dev = tvm.cpu(0)
+    vm = relax.VirtualMachine(exe.module, dev)
+    args = [tvm.runtime.tensor(a, dev) for a in exe.check_inputs(list(arrays))]
+    total: dict[str, float] = defaultdict(float)
+    calls: Counter[str] = Counter()
+    start: dict[str, float] = {}
+
+    def hook(_func, name, before, _ret, *_args):
+        family = re.sub(r"\d+$", "", str(name))
+        if before:
+            start[name] = time.perf_counter()
+        else:
+            total[family] += time.perf_counter() - start[name]
+            calls[family] += 1
+        return 0
+
+    for _ in range(3):
+        vm["main"](*args)
+    vm.set_instrument(hook)
+    for _ in range(runs):
+        vm["main"](*args)
+    return sorted(((k, v / runs * 1e3, calls[k] // runs) for k, v in total.items()), key=lambda t: -t[1])
+
+
+def make_qcc(model, inputs, target: str, threads: int, calib, sizes: dict, key: str, workdir: Path,
+             profile: bool = False):
     def make():
         import qcc
 
@@ -140,6 +184,9 @@ def make_qcc(model, inputs, target: str, threads: int, calib, sizes: dict, key: 
         lib.export_library(path)
         sizes[key] = path.stat().st_size
         arrays = [x.numpy() for x in inputs]
+        if profile:  # (stderr is silenced while contenders build: keep the table for the report)
+            rows = [[k, f"{ms:.3f}", n] for k, ms, n in kernel_profile(lib, arrays) if ms >= 0.005]
+            PROFILES[key] = markdown_table([f"{key} kernel", "ms per inference", "calls"], rows)
         note = target
         if lib.tir_check is not None:
             note += ", TIR check " + ("passed" if lib.tir_check.ok else "FAILED")
@@ -184,7 +231,9 @@ def bench_model(name: str, args: argparse.Namespace) -> list[list[object]]:
             return path if path.exists() else export_onnx(model, inputs, path)
 
         builders = {
-            "qcc-int8": make_qcc(model, inputs, "cpu-int8", args.threads, qcalib, sizes, "qcc-int8", work),
+            "qcc-int8": make_qcc(model, inputs, "cpu-int8", args.threads, qcalib, sizes, "qcc-int8", work,
+                                 args.profile),
+            "qcc-int4": make_qcc(model, inputs, "cpu-int4", args.threads, qcalib, sizes, "qcc-int4", work),
             "qcc-fp32": make_qcc(model, inputs, "cpu-fp32", args.threads, None, sizes, "qcc-fp32", work),
             "ort-int8": make_ort(lambda: ort_int8(fp32(), work / "int8.onnx", calib), arrays, args.threads,
                                  "quantize_static QDQ per-channel U8S8", sizes, "ort-int8"),
@@ -192,7 +241,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[list[object]]:
             "pytorch": (lambda: ((lambda: model(*inputs).detach().numpy()), "eager")),
         }
         contenders: list[Contender] = []
-        for cname in CONTENDERS:
+        for cname in ((*CONTENDERS[:1], "qcc-int4", *CONTENDERS[1:]) if args.int4 else CONTENDERS):
             print(f"  {name}: building {cname} ...", file=sys.stderr, flush=True)
             contenders.append(build(cname, builders[cname]))
         print(f"  {name}: timing {args.repeats} rounds ...", file=sys.stderr, flush=True)
@@ -270,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "ids). `size MB`: exported qcc library (.so), ONNX file, or PyTorch state_dict bytes. SQNR of the first "
               "output against PyTorch FP32 on the timed input. Calibration: the same random batches for qcc and ORT.")
     body = table + "\n\n" + legend
+    for key, prof in PROFILES.items():
+        body += (f"\n\nWhere {key} spends its time (Relax VM instrument, wall time per call, {args.threads} "
+                 f"threads):\n\n{prof}")
     if not args.no_digits:
         dtable, errors = digits_table(args.threads)
         body += "\n\n" + dtable

@@ -20,6 +20,8 @@ def _zoo_specs(which: str) -> list[dict[str, Any]]:
     sizes, each kernel tagged with its model family."""
     from qcc.costmodel.job import kernels_of_graph
     from qcc.frontends import import_model
+    from qcc.ir.pass_manager import PassContext
+    from qcc.passes import get_pass
 
     sys.path.insert(0, os.getcwd())
     try:
@@ -32,12 +34,22 @@ def _zoo_specs(which: str) -> list[dict[str, Any]]:
         for name, (factory, inputs) in table.items():
             graph = import_model(factory(), inputs())
             specs += kernels_of_graph(graph, name)
+            # The attention kernels the compile pipeline makes of the model (recognize-attention), tiles to rank.
+            att = get_pass("recognize-attention").run(graph, PassContext())
+            specs += [s for s in kernels_of_graph(att, name) if s["kind"] == "attention"]
     return specs
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from qcc.costmodel.database import MeasurementDB
-    from qcc.costmodel.job import collect, integer_specs, kernels_of_graph, random_int_variants, random_variants
+    from qcc.costmodel.job import (
+        collect,
+        integer_specs,
+        kernels_of_graph,
+        random_attention,
+        random_int_variants,
+        random_variants,
+    )
 
     if args.target != "cpu":
         raise OptionError(f"costmodel collect measures the cpu target only, got {args.target!r}")
@@ -61,9 +73,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
             from qcc.frontends import import_model
 
             specs += kernels_of_graph(import_model(m), os.path.splitext(os.path.basename(m))[0])
-    base = list(specs)
+    base = [s for s in specs if s["kind"] != "attention"]
     if not args.no_float:
         specs += random_variants(base, args.random, seed=args.seed)
+        specs += random_attention(args.attention_random, seed=args.seed)
     else:
         specs = []
     if int_bits:
@@ -79,11 +92,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
                            IntMeasurer(number=args.number, repeat=args.repeat, num_threads=args.num_threads))
     with MeasurementDB(args.db) as db:
         stats = collect(specs, db, lambda k, s, a: any_space(k, s, a, cpu), measurer, target,
-                        candidates_per_kernel=args.candidates, max_kernels=args.max_kernels, quiet=args.quiet)
+                        candidates_per_kernel=args.candidates, max_kernels=args.max_kernels, quiet=args.quiet,
+                        rounds=args.rounds, refine=args.refine, remeasure=args.remeasure)
         counts = db.counts()
     print(f"measured {stats['measured']} (failed {stats['failed']}, already in the database {stats['skipped']}) "
           f"candidates of {stats['kernels']} kernels in {stats['seconds']:.0f} s: {stats['per_minute']:.0f} "
-          f"measurements/min; {args.db}: {counts}")
+          f"measurements/min, {stats['kernels_per_minute']:.1f} kernels/min; {args.db}: {counts}")
     return 0
 
 
@@ -145,9 +159,15 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--int-bits", default="4,8", help="weight widths of the integer kernels (qconv2d / qlinear + "
                    "requantize, u8 activations) measured for every conv / dense layer; 'none' for float only")
     c.add_argument("--int-random", type=int, default=16, help="random integer variants (shapes, widths, u8/i8)")
+    c.add_argument("--attention-random", type=int, default=12, help="random attention kernels (tile candidates)")
     c.add_argument("--no-float", action="store_true", help="integer kernels only")
     c.add_argument("--number", type=int, default=3, help="calls per timed repeat")
     c.add_argument("--repeat", type=int, default=3, help="timed repeats")
+    c.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per kernel's candidates "
+                   "(each round's value: the least of its repeats; 1: one candidate after another)")
+    c.add_argument("--refine", type=int, default=3, help="the fastest few candidates get --rounds more rounds")
+    c.add_argument("--remeasure", action="store_true", help="measure candidates already in the database again "
+                   "(an independent second measurement; the noise floor of the evaluation compares them)")
     c.add_argument("--num-threads", type=int, default=1, help="TVM threads while measuring (default 1: stable "
                    "timings on a shared machine)")
     c.add_argument("--rpc", help="measure on a TVM RPC server HOST:PORT or tracker:HOST:PORT:KEY")

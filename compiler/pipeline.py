@@ -29,16 +29,36 @@ def float_pipeline(ctx: PassContext) -> list[Pass]:
 
 
 def gnn_fuse_passes(ctx: PassContext) -> list[Pass]:
-    """gnn-fuse unless `gnn_fuse="off"`; integer targets keep the unfused graph ops for the quantizer. Constant
-    folding after it computes the CSR of a constant graph (index params) at compile time."""
+    """Float targets: gnn-score-linear and gnn-fuse unless `gnn_fuse="off"`; constant folding after them computes
+    the CSR of a constant graph (index params) at compile time. Integer targets: gnn-quant-prep (always: it is what
+    makes a GNN integer-only), and the integer fusion after quantization (`qgnn_fuse_passes`)."""
     from qcc.passes import get_pass
 
     mode = ctx.options.get("gnn_fuse", "auto")
     if mode not in ("auto", "off"):
         raise OptionError(f"gnn_fuse must be 'auto' or 'off', got {mode!r}")
-    if mode == "off" or (ctx.target is not None and ctx.target.is_integer):
+    if ctx.target is not None and ctx.target.is_integer:
+        # Integer targets: degrees counted in int32, score reductions as linears, one op per segment softmax, so
+        # the quantizer's GNN rules (qcc.passes.quant.realize_gnn) make the graph integer-only.
+        from qcc.passes.gnn.quant_prep import GnnQuantPrep
+
+        return [GnnQuantPrep(), get_pass("canonicalize")]
+    if mode == "off":
         return []
-    return [get_pass("gnn-fuse"), get_pass("constant-folding")]
+    from qcc.passes.gnn.quant_prep import GnnScoreLinear  # attention scores of one input: one GEMM
+
+    return [GnnScoreLinear(), get_pass("gnn-fuse"), get_pass("constant-folding")]
+
+
+def qgnn_fuse_passes(target: Target, ctx: PassContext) -> list[Pass]:
+    """Integer targets, after quantization: gnn-integer-fuse (integer gather → edge ops → segment reduce as one
+    `gather_aggregate`) unless `gnn_fuse="off"`; constant folding then computes a constant graph's CSR."""
+    from qcc.passes import get_pass
+    from qcc.passes.gnn.quant_prep import GnnIntegerFuse
+
+    if ctx.options.get("gnn_fuse", "auto") == "off" or target.device not in ("cpu", "cuda"):
+        return []
+    return [GnnIntegerFuse(), get_pass("constant-folding")]
 
 
 QATTENTION_AUTO_KEYS = 1024  # attention="auto" on integer targets: the tiled integer kernel from this many keys
@@ -142,7 +162,7 @@ def optimize(graph: Graph, target: Target, ctx: PassContext) -> Graph:
         bits = 4 if target.precision == "int4" else 8
         graph, report = quantize_graph(graph, bits=bits, ctx=ctx, **quant)
         ctx.options["quant_report"] = report
-        graph = run_passes(graph, qattention_passes(target, ctx), ctx)
+        graph = run_passes(graph, qattention_passes(target, ctx) + qgnn_fuse_passes(target, ctx), ctx)
     elif quant:
         raise OptionError(f"option(s) {sorted(quant)} apply only to integer targets, not {target.name!r}")
     return graph

@@ -191,30 +191,34 @@ class MeasurementDB:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every successful measurement joined with its kernel, schedule and target, as kernel dicts with
-        "seconds" (the median over measurements of the candidate), "kernel_id", "candidate_id" and "models" (every
-        model that uses the kernel)."""
+        "seconds" (the least of the candidate's measurements' medians: each measurement is already a median
+        of repeats, and on a shared machine interference only ever adds time, so a second measurement replaces a
+        disturbed first one), "runs" (every measurement's median, in order), "repeats" (every stored repeat, in
+        order), "kernel_id", "candidate_id" and "models" (every model that uses the kernel)."""
         q = ("SELECT k.id, k.kind, k.shape, k.epilogue, k.dtype, k.layout, k.model, c.id, c.params, t.info, "
-             "m.median FROM measurements m JOIN candidates c ON m.candidate_id = c.id "
+             "m.median, m.repeats FROM measurements m JOIN candidates c ON m.candidate_id = c.id "
              "JOIN kernels k ON c.kernel_id = k.id JOIN targets t ON m.target_id = t.id "
-             "WHERE m.error IS NULL AND m.median > 0 ORDER BY k.id, c.id, t.id")
+             "WHERE m.error IS NULL AND m.median > 0 ORDER BY k.id, c.id, t.id, m.id")
         try:
             raw = self.conn.execute(q).fetchall()
         except sqlite3.DatabaseError as e:
             raise CostModelError(f"{self.path}: cannot read measurements: {e}") from e
         grouped: dict[tuple[int, int, str], dict[str, Any]] = {}
-        for kid, kind, shape, epi, dtype, layout, model, cid, params, target, med in raw:
+        for kid, kind, shape, epi, dtype, layout, model, cid, params, target, med, reps in raw:
             r = grouped.setdefault((kid, cid, target), {
                 "kind": kind, "shape": json.loads(shape), "epilogue": json.loads(epi), "dtype": dtype,
                 "layout": layout, "model": model, "params": json.loads(params), "target": json.loads(target),
-                "kernel_id": kid, "candidate_id": cid, "_times": []})
+                "kernel_id": kid, "candidate_id": cid, "_times": [], "repeats": []})
             r["_times"].append(float(med))
+            r["repeats"] += [float(x) for x in json.loads(reps)]
         models: dict[int, set[str]] = {}
         for kid, model in self.conn.execute("SELECT kernel_id, model FROM kernel_models"):
             models.setdefault(int(kid), set()).add(model)
         out = []
         for r in grouped.values():
             r["models"] = sorted(models.get(r["kernel_id"], {r["model"]}))
-            r["seconds"] = statistics.median(r.pop("_times"))
+            r["runs"] = r.pop("_times")
+            r["seconds"] = min(r["runs"])
             out.append(r)
         return out
 

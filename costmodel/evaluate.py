@@ -36,7 +36,8 @@ def _pick_metrics(rows: Sequence[Mapping[str, Any]], scores: np.ndarray, prefix:
     if not n:
         return {}
     return {f"{prefix}top1": top1 / n, f"{prefix}top5": top5 / n, f"{prefix}slowdown": float(np.mean(slow)),
-            f"{prefix}slowdown_max": float(np.max(slow)), f"{prefix}tenset_top1": best_sum / pick_sum,
+            f"{prefix}slowdown_max": float(np.max(slow)), f"{prefix}slowdown_median": float(np.median(slow)),
+            f"{prefix}tenset_top1": best_sum / pick_sum,
             "kernels": float(n)}
 
 
@@ -104,6 +105,32 @@ def cross_validate(rows: Sequence[Mapping[str, Any]], holdout: Sequence[str] | N
     return report, (all_rows, pred)
 
 
+def kfold_kernels(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str], k: int = 4) -> dict[str, Any]:
+    """K-fold over the kernels of `kinds` (for kinds with few model-tagged kernels, e.g. attention, whose shapes
+    are mostly random): fold i holds out every kernel of those kinds with id ≡ i (mod k), trains on everything
+    else, and the metrics of `evaluate` (with the `noise_floor`) are pooled over the held-out kernels."""
+    sel = [i for i, r in enumerate(rows) if r["kind"] in kinds]
+    if not sel:
+        raise CostModelError(f"no measurements of kernels of kind {', '.join(kinds)}")
+    pred = np.zeros(len(sel))
+    score = np.zeros(len(sel))
+    where = {i: j for j, i in enumerate(sel)}
+    for fold in range(k):
+        test = [i for i in sel if hash(rows[i]["kernel_id"]) % k == fold]
+        if not test:
+            continue
+        held = set(test)
+        model = LightGBMCostModel.fit([r for i, r in enumerate(rows) if i not in held])
+        t_rows = [rows[i] for i in test]
+        for i, p, sc in zip(test, model.predict(t_rows), model.score(t_rows)):
+            pred[where[i]], score[where[i]] = p, sc
+    sub = [rows[i] for i in sel]
+    rep = evaluate(_Given(pred, score), sub)
+    rep.pop("_pred")
+    rep.update(noise_floor(sub))
+    return rep
+
+
 class _Given:
     """Fixed predictions and scores served as a model (for metrics over precomputed held-out predictions)."""
 
@@ -118,19 +145,54 @@ class _Given:
 
 
 def by_family(rows: Sequence[Mapping[str, Any]], pred: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """The metrics of `evaluate` separately over float kernels and integer kernels (INT_KINDS) of `rows`, given
-    the (held-out) predictions and ranking scores of every row."""
-    from qcc.costmodel.features import INT_KINDS
+    """The metrics of `evaluate` (and the `noise_floor`) separately over the float template kernels, the integer
+    kernels (INT_KINDS) and the attention kernels (ATTN_KINDS) of `rows`, given the (held-out) predictions and
+    ranking scores of every row."""
+    from qcc.costmodel.features import ATTN_KINDS, INT_KINDS
+
+    def family(kind: str) -> str:
+        return "int" if kind in INT_KINDS else "attention" if kind in ATTN_KINDS else "float"
 
     out: dict[str, Any] = {}
-    for fam, want in (("float", False), ("int", True)):
-        idx = [i for i, r in enumerate(rows) if (r["kind"] in INT_KINDS) == want]
+    for fam in ("float", "int", "attention"):
+        idx = [i for i, r in enumerate(rows) if family(r["kind"]) == fam]
         if len(idx) < 2:
             continue
         rep = evaluate(_Given(pred[idx], scores[idx]), [rows[i] for i in idx])
         rep.pop("_pred")
+        rep.update(noise_floor([rows[i] for i in idx]))
         out[fam] = rep
     return out
+
+
+def noise_floor(rows: Sequence[Mapping[str, Any]], min_repeats: int = 4) -> dict[str, float]:
+    """How much of a pick slowdown measurement noise alone explains: each candidate measured twice — its first two
+    independent measurements ("runs", `qcc costmodel collect --remeasure`) where every candidate of the kernel has
+    them, else the two halves of its repeats (even and odd rounds of the interleaved collect; at least
+    `min_repeats`) — and the candidate that is best by one timed by the other, averaged over kernels and both
+    directions: an oracle that picks by one measurement "loses" this much against the other. Also the median
+    relative difference of the two and how many kernels used independent runs."""
+    slow: list[float] = []
+    spread: list[float] = []
+    runs = 0
+    for members in _groups(rows).values():
+        if len(members) < 2:
+            continue
+        if all(len(rows[i].get("runs") or []) >= 2 for i in members):
+            a = np.array([rows[i]["runs"][0] for i in members], dtype=np.float64)
+            b = np.array([rows[i]["runs"][1] for i in members], dtype=np.float64)
+            runs += 1
+        elif all(len(rows[i].get("repeats") or []) >= min_repeats for i in members):
+            a = np.array([np.median(rows[i]["repeats"][0::2]) for i in members])
+            b = np.array([np.median(rows[i]["repeats"][1::2]) for i in members])
+        else:
+            continue
+        slow.append(0.5 * (b[np.argmin(a)] / b.min() - 1.0 + a[np.argmin(b)] / a.min() - 1.0))
+        spread += list(np.abs(a - b) / np.minimum(a, b))
+    if not slow:
+        return {}
+    return {"noise_slowdown": float(np.mean(slow)), "noise_spread_median": float(np.median(spread)),
+            "noise_kernels": float(len(slow)), "noise_runs_kernels": float(runs)}
 
 
 def pct_of(rep: Mapping[str, Any], k: str) -> str:
@@ -152,8 +214,10 @@ def format_report(rep: Mapping[str, Any]) -> str:
              f"analytic pick:  top-1 {pct('analytic_top1')}  mean slowdown {pct('analytic_slowdown')}"]
     for fam, f in (rep.get("by_family") or {}).items():
         lines.append(f"  {fam} kernels: n={f['measurements']} Spearman {f['spearman']:.3f} MAPE {pct_of(f, 'mape')} "
-                     f"top-1 {pct_of(f, 'top1')} pick slowdown {pct_of(f, 'slowdown')} "
-                     f"(rule {pct_of(f, 'rule_slowdown')})")
+                     f"top-1 {pct_of(f, 'top1')} top-5 {pct_of(f, 'top5')} pick slowdown {pct_of(f, 'slowdown')} "
+                     f"(median {pct_of(f, 'slowdown_median')}) "
+                     f"(rule {pct_of(f, 'rule_slowdown')}; noise floor {pct_of(f, 'noise_slowdown')}, two "
+                     f"measurements of a candidate differ by {pct_of(f, 'noise_spread_median')} in the median)")
     for name, f in (rep.get("folds") or {}).items():
         lines.append(f"  held out {name:10s}: n={f['measurements']:4d} Spearman {f['spearman']:.3f} "
                      f"MAPE {100 * f['mape']:.0f}% top-1 {100 * f.get('top1', math.nan):.0f}% "

@@ -22,6 +22,10 @@ epilogue) use the same dict; their shape adds the operand widths and the params 
      "dtype": "u8", "layout": "NCHW"}
 
 Version 2 added the integer kinds and the bit widths of weights / activations / accumulator / output.
+Version 3 added the tiled attention kernel (kind "attention", ATTN_KINDS), its tiles as schedule parameters:
+
+    {"kind": "attention", "shape": {"type": "AttentionShape", "bh": 4, "heads": 4, "n": 128, "m": 128, "d": 64,
+     "dv": 64, "causal": false}, "params": {"type": "AttentionParams", "br": 32, "bc": 64}, "epilogue": []}
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ import numpy as np
 
 from qcc.errors import CostModelError
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 
 KINDS = ("dense", "batch_matmul", "conv2d_direct", "conv2d_im2col", "depthwise_conv2d")
 INT_KINDS = ("qlinear", "qconv2d")
-ALL_KINDS = KINDS + INT_KINDS
+ATTN_KINDS = ("attention",)
+ALL_KINDS = KINDS + INT_KINDS + ATTN_KINDS
 INT_IMPLS = ("vnni", "generic")  # the CPU lowerings of an integer kernel (kernels/int8.py template, TE rule)
 EPILOGUE_STEPS = ("bias", "add", "scale", "relu", "relu6", "clip", "hardswish", "gelu", "requantize")
 DTYPE_BITS = {"f64": 64, "f32": 32, "f16": 16, "i64": 64, "i32": 32, "i16": 16, "i8": 8, "u8": 8, "i4": 4, "u4": 4,
@@ -61,6 +66,9 @@ def gemm_view(kind: str, s: Mapping[str, Any]) -> tuple[int, int, int, int]:
             return 1, int(s["M"]), int(s["N"]), int(s["K"])
         if kind == "batch_matmul":
             return int(s["B"]), int(s["M"]), int(s["N"]), int(s["K"])
+        if kind == "attention":  # Q·Kᵀ and P·V: n × m scores over d + dv (causal: about half the keys)
+            k = (int(s["d"]) + int(s["dv"])) // (2 if s.get("causal") else 1)
+            return int(s["bh"]), int(s["n"]), int(s["m"]), max(k, 1)
         if kind in ALL_KINDS:
             oh, ow = conv_out(s)
             g = int(s.get("groups", 1))
@@ -108,6 +116,9 @@ def traffic(kind: str, s: Mapping[str, Any], bits: int = 32) -> tuple[float, flo
     if kind in INT_KINDS:
         xb, wb, _, ob = operand_bits(kind, s)
         ex, ew, eo = xb / 8.0, wb / 8.0, ob / 8.0
+    if kind == "attention":
+        read = ex * b * (m * int(s["d"]) + n * (int(s["d"]) + int(s["dv"])))
+        return flops, read, eo * b * m * int(s["dv"])
     if kind in ("dense", "batch_matmul", "qlinear"):
         read = ex * b * m * k + ew * b * k * n
     else:
@@ -130,6 +141,17 @@ def analytic_cycles(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Ma
         return _ceil(tasks, cores) * cores / max(tasks, 1)
 
     ptype = p.get("type", "")
+    if ptype == "AttentionParams":
+        # Per (batch·head, query tile): for each key tile, the S tile (br × bc over d), an exp per score and
+        # the P·V update (br × dv over bc), register-tiled 4 rows × bc/lanes vectors.
+        br, bc = int(p["br"]), int(p["bc"])
+        n, m, d, dv = int(s["n"]), int(s["m"]), int(s["d"]), int(s["dv"])
+        tasks = int(s["bh"]) * _ceil(n, br)
+        nkt = _ceil(m, bc) // (2 if s.get("causal") else 1) or 1
+        qk = tile(4 * _ceil(bc, lanes), 4 + _ceil(bc, lanes), d) * _ceil(br, 4)
+        pv = tile(4 * _ceil(dv, lanes), 4 + _ceil(dv, lanes), bc) * _ceil(br, 4)
+        ex = br * _ceil(bc, lanes) * 12.0
+        return tasks * nkt * (qk + pv + ex) * imbalance(tasks) / cores
     if ptype == "IntParams":
         # VNNI: one vpdpbusd = lanes × 4 int8 MACs per cycle; the generic TE rule widens to int64 and runs
         # roughly scalar (about 1 MAC per cycle). Tasks: output rows (and channels' blocks) over the cores.
@@ -174,7 +196,13 @@ def _schedule(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Mapping[
     lanes = int(p.get("lanes", t["lanes"]))
     f: dict[str, float] = {name: 0.0 for name in SCHEDULE_NAMES}
     ptype = p.get("type", "")
-    if ptype == "IntParams":
+    if ptype == "AttentionParams":
+        br, bc = int(p["br"]), int(p["bc"])
+        d, dv = int(s["d"]), int(s["dv"])
+        f.update(p_br=br, p_bc=bc, rows=br, cols=bc, acc=4 * _ceil(bc, lanes),
+                 pad=_ceil(m, br) * br / max(m, 1) * _ceil(n, bc) * bc / max(n, 1), tasks=_lg(b * _ceil(m, br)),
+                 panel_l1=4 * br * (d + bc + dv) / float(t["l1d"]), panel_l2=4 * bc * (d + dv) / float(t["l2"]))
+    elif ptype == "IntParams":
         impl = str(p.get("impl", "vnni"))
         if impl not in INT_IMPLS:
             raise CostModelError(f"unknown integer kernel lowering {impl!r}; known: {', '.join(INT_IMPLS)}")
@@ -214,8 +242,8 @@ def _schedule(kind: str, s: Mapping[str, Any], p: Mapping[str, Any], t: Mapping[
 
 
 SCHEDULE_NAMES = ("p_mb", "p_nv", "p_kc", "p_kc_frac", "p_order_nm", "p_ow_bn", "p_oc_tile", "p_oc_bn", "p_ic_bn",
-                  "p_unroll", "p_direct", "p_c_bn", "p_vnni", "rows", "cols", "acc", "pad", "tasks", "panel_l2",
-                  "panel_l1", "reg_pressure")
+                  "p_unroll", "p_direct", "p_c_bn", "p_vnni", "p_br", "p_bc", "rows", "cols", "acc", "pad", "tasks",
+                  "panel_l2", "panel_l1", "reg_pressure")
 FEATURE_NAMES = (
     *(f"kind_{k}" for k in ALL_KINDS), "is_int", "x_bits", "w_bits", "acc_bits", "out_bits",
     "log_B", "log_M", "log_N", "log_K", "log_C", "log_HW", "log_O", "KH", "KW", "stride", "groups_log", "OW",
@@ -239,7 +267,7 @@ def kernel_features(k: Mapping[str, Any]) -> np.ndarray:
     flops, read, write = traffic(kind, s, bits)
     epi = [str(step[0] if isinstance(step, (list, tuple)) else step) for step in k.get("epilogue") or ()]
     cyc = analytic_cycles(kind, s, p, t)
-    conv = kind not in ("dense", "batch_matmul", "qlinear")
+    conv = kind not in ("dense", "batch_matmul", "qlinear", "attention")
     f: dict[str, float] = {f"kind_{x}": float(kind == x) for x in ALL_KINDS}
     f.update(is_int=float(integer), x_bits=float(xb), w_bits=float(wb), acc_bits=float(ab), out_bits=float(ob))
     f.update(log_B=_lg(gemm[0]), log_M=_lg(gemm[1]), log_N=_lg(gemm[2]), log_K=_lg(gemm[3]),

@@ -7,14 +7,18 @@
 
 A kernel spec is a plain dict {"kind": "conv2d" | "dense" | "batch_matmul", "shapes": [...], "attrs": {...},
 "epilogue": [...], "model": name}; integer kernels (`integer_specs`) have kind "qconv2d" | "qlinear", attrs with
-"x_dtype" and "w_bits", "dtype" and "layout". `space(kind, shapes, attrs) -> (template kind, workload dict, [params
-dict, ...])` enumerates schedules (the rule's default first); `measure(kind, shapes, attrs, params, epilogue)
--> [seconds per repeat]` builds and times one. This module imports neither the backends nor TVM.
+"x_dtype" and "w_bits", "dtype" and "layout"; attention kernels (`random_attention`, recognized attention nodes)
+kind "attention" with q, k, v shapes [bh, n|m, d] and attrs heads / causal, their tiles the schedules.
+`space(kind, shapes, attrs) -> (template kind, workload dict, [params dict, ...])` enumerates schedules (the
+rule's default first); `measure(kind, shapes, attrs, params, epilogue) -> [seconds per repeat]` builds and times
+one, and `measure.prepare(...)`, where the measurer has it, builds now and returns a timer (the interleaved
+protocol of `collect`). This module imports neither the backends nor TVM.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,6 +54,14 @@ def kernels_of_graph(graph: Any, model: str) -> list[dict[str, Any]]:
             spec = {"kind": "conv2d", "shapes": [list(x), list(w)], "attrs": attrs}
             if len(node.inputs) > 2:
                 epi.append(["bias"])
+        elif node.op == "attention" and len(node.inputs) == 3:  # the tiled kernel (masked ones left out)
+            q, k, v = (t.type.shape for t in node.inputs[:3])
+            bh = _prod(q[:-2])
+            specs.append({"kind": "attention", "shapes": [[bh, q[-2], q[-1]], [bh, k[-2], k[-1]], [bh, v[-2], v[-1]]],
+                          "attrs": {"heads": int(q[-3]) if len(q) > 2 else 1,
+                                    "causal": bool(node.attrs.get("causal", False))},
+                          "epilogue": [], "model": model})
+            continue
         elif node.op in ("linear", "matmul"):
             a, b = node.inputs[0].type.shape, node.inputs[1].type.shape
             if node.op == "linear" or (len(b) == 2 and node.inputs[1] in graph.params):
@@ -159,6 +171,23 @@ def random_int_variants(specs: Sequence[Mapping[str, Any]], n: int, seed: int = 
     return out
 
 
+def random_attention(n: int, seed: int = 0, model: str = "random", max_work: int = 1 << 27) -> list[dict[str, Any]]:
+    """`n` attention kernels (q, k, v [bh, n|m, d]) of random batch·heads, sequence lengths and head widths, at
+    most `max_work` = bh·n·m·d (a few ms per call), about one in six causal."""
+    rng = random.Random(seed + 2)
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        bh, d = rng.choice((1, 2, 4, 8, 16)), rng.choice((16, 32, 64, 64, 128))
+        sq = rng.choice((16, 32, 64, 128, 128, 197, 256, 384, 512, 1024))
+        sk = sq if rng.random() < 0.8 else rng.choice((64, 128, 256, 512))
+        if bh * sq * sk * d > max_work:
+            continue
+        out.append({"kind": "attention", "shapes": [[bh, sq, d], [bh, sk, d], [bh, sk, d]],
+                    "attrs": {"heads": bh, "causal": sq == sk and rng.random() < 0.17}, "epilogue": [],
+                    "model": model})
+    return out
+
+
 def _sample(params: list[dict[str, Any]], k: int, key: str) -> list[dict[str, Any]]:
     """The rule's default (first) plus k-1 others drawn deterministically per kernel."""
     if len(params) <= k:
@@ -169,14 +198,24 @@ def _sample(params: list[dict[str, Any]], k: int, key: str) -> list[dict[str, An
 
 def collect(specs: Sequence[Mapping[str, Any]], db: MeasurementDB, space: Space, measure: Measure,
             target: Mapping[str, Any], candidates_per_kernel: int = 8, max_kernels: int | None = None,
-            quiet: bool = False, log: Any = None) -> dict[str, Any]:
+            quiet: bool = False, log: Any = None, rounds: int = 1, refine: int = 3,
+            remeasure: bool = False) -> dict[str, Any]:
     """Measure up to `candidates_per_kernel` schedules of each distinct kernel of `specs` on `target` and
     store them in `db`; (kernel, schedule) pairs already measured there are skipped, so an interrupted run
     resumes where it stopped. A candidate that fails to build or run is stored with its error. Returns counts
-    and the throughput (measurements per minute)."""
+    and the throughput (measurements per minute).
+
+    With `rounds` > 1 and a measurer that has `prepare` (build now, return a timer), a kernel's candidates are
+    all built first and then timed interleaved: `rounds` rounds, each timing every candidate once in a shuffled
+    order, so load from other processes on a shared machine hits all candidates alike; each round's value is
+    the least of its repeats (interference only ever adds time), and the `refine` fastest candidates by median
+    get `rounds` more rounds (the choice among the best few is what matters). Every round's value is stored
+    as one repeat, in order (`evaluate.noise_floor` compares the even and odd rounds). `remeasure` measures
+    candidates already in the database again (a second, independent measurement: the database keeps both, rows
+    take the least disturbed, and `noise_floor` compares the two)."""
     log = log or sys.stderr
     tid, mid = db.target_id(target), db.machine_id()
-    done = db.measured(tid)
+    done = set() if remeasure else db.measured(tid)
     seen: set[str] = set()
     skipped = 0
     work: list[tuple[Mapping[str, Any], str, int, list[tuple[int, dict[str, Any]]]]] = []
@@ -204,7 +243,14 @@ def collect(specs: Sequence[Mapping[str, Any]], db: MeasurementDB, space: Space,
     bar = _progress(total, quiet, log)
     stats: dict[str, Any] = {"kernels": len(work), "measured": 0, "failed": 0, "skipped": skipped, "seconds": 0.0}
     t0 = time.perf_counter()
+    prepare = getattr(measure, "prepare", None) if rounds > 1 else None
     for s, _kind, _kid, todo in work:
+        if prepare is not None:
+            n_ok, n_bad = _interleaved(s, todo, db, tid, mid, prepare, rounds, refine)
+            stats["measured"] += n_ok
+            stats["failed"] += n_bad
+            bar.update(len(todo))
+            continue
         for cid, p in todo:
             try:
                 reps = measure(s["kind"], s["shapes"], dict(s.get("attrs", {})), p, s.get("epilogue", []))
@@ -219,8 +265,47 @@ def collect(specs: Sequence[Mapping[str, Any]], db: MeasurementDB, space: Space,
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
     stats["per_minute"] = 60.0 * (stats["measured"] + stats["failed"]) / max(stats["seconds"], 1e-9)
+    stats["kernels_per_minute"] = 60.0 * sum(1 for w in work if w[3]) / max(stats["seconds"], 1e-9)
     stats["pending_before"] = total
     return stats
+
+
+def _interleaved(s: Mapping[str, Any], todo: Sequence[tuple[int, dict[str, Any]]], db: MeasurementDB, tid: int,
+                 mid: int, prepare: Callable[..., Callable[[], list[float]]], rounds: int,
+                 refine: int) -> tuple[int, int]:
+    """Build every candidate of one kernel, then time them in interleaved rounds (see `collect`); returns
+    (measured, failed)."""
+    timers: dict[int, Callable[[], list[float]]] = {}
+    for cid, p in todo:
+        try:
+            timers[cid] = prepare(s["kind"], s["shapes"], dict(s.get("attrs", {})), p, s.get("epilogue", []))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # a schedule that fails to build is data too: stored, not retried
+            db.add_measurement(cid, tid, mid, [], error=f"{type(e).__name__}: {e}"[:500])
+    times: dict[int, list[float]] = {cid: [] for cid in timers}
+    rng = random.Random(canonical([s["kind"], s["shapes"]]))
+
+    def run(ids: list[int], n: int) -> None:
+        for _ in range(n):
+            order = list(ids)
+            rng.shuffle(order)
+            for cid in order:
+                if cid not in timers:
+                    continue
+                try:
+                    times[cid].append(min(timers[cid]()))
+                except Exception as e:  # a run-time failure: stored as the candidate's error
+                    db.add_measurement(cid, tid, mid, [], error=f"{type(e).__name__}: {e}"[:500])
+                    del timers[cid], times[cid]
+
+    run(list(timers), rounds)
+    if refine and len(timers) > 1:
+        best = sorted(times, key=lambda c: statistics.median(times[c]))[:refine]
+        run(best, rounds)
+    for cid, reps in times.items():
+        db.add_measurement(cid, tid, mid, reps)
+    return len(times), len(todo) - len(times)
 
 
 class _NoBar:

@@ -16,14 +16,18 @@ needed elsewhere and never creates a cycle between kernels. The group's kernel i
 stands.
 
 Each candidate merge (a producer joining a group, or an epilogue step joining an anchor) consults the cost
-model: the predicted time of the fused kernel against the two kernels apart, with `qcc.costmodel`'s analytic
-roofline (`AnalyticCostModel`'s clock, bandwidth and per-launch overhead; the learned model only knows the
-template kernels, not arbitrary fused groups): a kernel costs launch overhead + max(compute, bytes moved /
-bandwidth), where inlining a producer whose output is smaller than the group's iteration space recomputes it per
-element. A merge also has to fit the target's limits: on CUDA the values a fused kernel keeps per thread block
-(reduction rows) must fit shared memory and the number of members / kernel arguments is capped (register
-pressure); on CPU only the member and materialised-intermediate counts are capped. The last member of each
-group carries `meta["fusion"]`: member ops, predicted fused and unfused seconds, and the declined merges.
+model through its `CostModel.predict` interface: the predicted time of the fused kernel against the two kernels
+apart. On the CPU the learned model (compile's `cost_model=`, else the shipped one) predicts the groups it covers —
+an anchor with the epilogue steps its kernel template folds (bias, activation, residual add, requantize) — and
+`qcc.costmodel`'s analytic roofline everything else and everything on CUDA (`AnalyticCostModel`'s clock,
+bandwidth and per-launch overhead; the learned model only knows the template kernels, not arbitrary fused
+groups; both sides of one comparison always come from the same model): a kernel costs launch overhead +
+max(compute, bytes moved / bandwidth), where inlining a producer whose output is smaller than the group's
+iteration space recomputes it per element. A merge also has to fit the target's limits: on CUDA the values a
+fused kernel keeps per thread block (reduction rows) must fit shared memory and the number of members / kernel
+arguments is capped (register pressure); on CPU only the member and materialised-intermediate counts are capped.
+The last member of each group carries `meta["fusion"]`: member ops, predicted fused and unfused seconds, which
+model predicted them, and the declined merges.
 
 `mode="off"` makes every node a ``"single"`` group (the unfused baseline).
 """
@@ -124,15 +128,80 @@ class Candidate:
         return self.members[-1]
 
 
-class GroupCost:
-    """Predicted seconds of a kernel made of a set of nodes (the analytic roofline of qcc.costmodel)."""
+# IR ops a kernel template folds into its epilogue, as the cost model's epilogue steps (costmodel/features.py).
+_EPILOGUE_STEPS = {"relu": "relu", "relu6": "relu6", "gelu": "gelu", "hardswish": "hardswish", "clip": "clip",
+                   "add": "add", "requantize": "requantize"}
 
-    def __init__(self, graph: Graph, model: AnalyticCostModel | None = None) -> None:
+
+def learned_model(device: str) -> Any:
+    """The `CostModel` fusion asks on `device`: the active one (`qcc.costmodel.using`, i.e. compile's
+    `cost_model=`) or the shipped CPU model; None (the analytic roofline) on CUDA, under `using("rule")`, or when
+    the active model is the analytic one."""
+    if device == "cuda":
+        return None
+    from qcc.costmodel import active_model
+
+    m = active_model()
+    return None if m is None or isinstance(m, AnalyticCostModel) else m
+
+
+class GroupCost:
+    """Predicted seconds of a kernel made of a set of nodes, through the `CostModel.predict` interface: `learned`
+    (a CostModel) for a group it covers — an anchor (conv2d / linear / matmul / qconv2d / qlinear) with an
+    epilogue of steps its kernel template folds, of a kind the model was trained on — and the analytic roofline
+    of qcc.costmodel for everything else."""
+
+    def __init__(self, graph: Graph, model: AnalyticCostModel | None = None, learned: Any = None) -> None:
         m = model or AnalyticCostModel()
         self.clock, self.bandwidth, self.overhead = m.clock_hz, m.bandwidth, m.overhead_s
         self.graph = graph
+        self.learned = learned
+        self._index: dict[Node, int] | None = None
+        meta = getattr(learned, "meta", None)
+        self.kinds = set(meta["kinds"]) if isinstance(meta, dict) and meta.get("kinds") else None
+
+    def kernel(self, members: list[Node]) -> dict[str, Any] | None:
+        """The cost model's kernel dict of a group the learned model covers, else None."""
+        if self.learned is None or members[0].op not in ANCHORS:
+            return None
+        from qcc.costmodel.describe import describe_node
+
+        k = describe_node(members[0])
+        if k is None or (self.kinds is not None and k["kind"] not in self.kinds):
+            return None
+        for n in members[1:]:
+            step = _EPILOGUE_STEPS.get(n.op)
+            if step is None or (step == "requantize") != (k["kind"] in ("qconv2d", "qlinear")):
+                return None
+            if step == "requantize":
+                if k["epilogue"]:
+                    return None
+                k["shape"]["out_dtype"] = n.outputs[0].type.dtype
+            k["epilogue"].append([step])
+        return k
+
+    def compare(self, group: list[Node], extra: list[Node]) -> tuple[float, float]:
+        """(fused, apart) seconds of merging `extra` into `group`: the learned model's where it covers the merged
+        kernel and `group` (the extra nodes alone by the roofline), else the roofline for all three, so the two
+        sides always come from the same model."""
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self.graph.nodes)}
+        merged = sorted(group + extra, key=self._index.__getitem__)
+        km, kg = self.kernel(merged), self.kernel(group)
+        if km is not None and kg is not None:
+            fused, alone = (float(x) for x in self.learned.predict([km, kg]))
+            return fused, alone + sum(self.roofline([n]) for n in extra)
+        return self.roofline(merged), self.roofline(group) + sum(self.roofline([n]) for n in extra)
 
     def predict(self, members: list[Node]) -> float:
+        """Seconds of one kernel of `members`: the learned model's where it covers them, else the roofline."""
+        k = self.kernel(members)
+        if k is not None:
+            return float(self.learned.predict([k])[0])
+        return self.roofline(members)
+
+    def roofline(self, members: list[Node]) -> float:
+        """The analytic roofline of a kernel of `members` (see the module docstring)."""
         inside = {v for n in members for v in n.outputs}
         sink_out = members[-1].outputs[0]
         space = max((_elems(n.outputs[0]) for n in members), default=1)
@@ -172,7 +241,7 @@ class Fuse:
         cands += [Candidate("single", [n]) for n in out.nodes if n not in grouped]
         order = {n: i for i, n in enumerate(out.nodes)}
         cands.sort(key=lambda c: order[c.sink])
-        cost = GroupCost(out)
+        cost = GroupCost(out, learned=learned_model(device))
         for gid, c in enumerate(cands):
             c.members.sort(key=lambda n: order[n])
             for n in c.members:
@@ -181,7 +250,8 @@ class Fuse:
             fused = cost.predict(c.members)
             apart = sum(cost.predict([n]) for n in c.members)
             c.sink.meta["fusion"] = {"ops": [n.op for n in c.members], "predicted_s": fused,
-                                     "unfused_s": apart, "declined": list(c.declined)}
+                                     "unfused_s": apart, "declined": list(c.declined),
+                                     "cost_model": "learned" if cost.kernel(c.members) else "analytic"}
         record_stats(ctx, self.name, {"kernels_before": len(out.nodes), "kernels_after": len(cands),
                                       "fused_groups": sum(1 for c in cands if len(c.members) > 1)})
         return out
@@ -193,7 +263,7 @@ def plan(graph: Graph, device: str) -> list[Candidate]:
     users = graph.users()
     outputs = set(graph.outputs)
     limits = Limits.for_device(device)
-    cost = GroupCost(graph)
+    cost = GroupCost(graph, learned=learned_model(device))
     taken: set[Node] = set()
     producer = graph.producers()
 
@@ -220,8 +290,9 @@ def plan(graph: Graph, device: str) -> list[Candidate]:
         """Whether adding `extra` to `group` is predicted faster than two kernels and fits the device."""
         merged = sorted(group + [extra], key=lambda n: index[n])
         why = fits(merged)
-        if why is None and cost.predict(merged) > cost.predict(group) + cost.predict([extra]):
-            why = "predicted slower"
+        if why is None:
+            fused, apart = cost.compare(group, [extra])
+            why = "predicted slower" if fused > apart else None
         if why is not None:
             cand.declined.append(f"{extra.op} {extra.name!r}: {why}")
             return False
@@ -230,11 +301,44 @@ def plan(graph: Graph, device: str) -> list[Candidate]:
     index = {n: i for i, n in enumerate(graph.nodes)}
     cands: list[Candidate] = []
 
-    # 1. Anchors take the elementwise chain after them as their epilogue.
+    def layout_producers(node: Node) -> list[Node]:
+        """The single-use reshape / transpose chains feeding a CPU qmatmul (attention's head split): its kernel
+        (backends/tvm/kernels/int8_matmul.py) repacks both operands per batch anyway and reads through them."""
+        found: list[Node] = []
+        for v in node.inputs:
+            p = producer.get(v)
+            while p is not None and p.op in ("reshape", "transpose") and p not in taken and single_use(v):
+                found.append(p)
+                v = p.inputs[0]
+                p = producer.get(v)
+        return found if fits([*found, node]) is None else []
+
+    def head_merge(v: Value, members: list[Node]) -> list[Node]:
+        """transpose (swapping the two axes before the last) + reshape (merging the last two) after a CPU
+        qmatmul's epilogue: attention's head merge, which the qmatmul kernel then writes directly."""
+        r = len(v.shape)
+        if r < 3 or not single_use(v):
+            return []
+        t = users[v][0]
+        if t in taken or t.op != "transpose" or t.attrs["perm"] != (*range(r - 3), r - 2, r - 3, r - 1):
+            return []
+        tv = t.outputs[0]
+        if not single_use(tv):
+            return []
+        m = users[tv][0]
+        merged = (*tv.shape[:-2], tv.shape[-2] * tv.shape[-1])
+        if m in taken or m.op != "reshape" or tuple(m.outputs[0].shape) != merged:
+            return []
+        return [t, m] if fits([*members, t, m]) is None else []
+
+    # 1. Anchors take the elementwise chain after them as their epilogue (a CPU qmatmul also its layout producers
+    #    and the head merge after it).
     for node in graph.nodes:
         if op_class(node) != "anchor" or node in taken:
             continue
         c = Candidate("anchor+epilogue", [node])
+        if node.op == "qmatmul" and device == "cpu":
+            c.members[:0] = sorted(layout_producers(node), key=index.__getitem__)
         v = node.outputs[0]
         while single_use(v):
             nxt = users[v][0]
@@ -244,6 +348,8 @@ def plan(graph: Graph, device: str) -> list[Candidate]:
                 break
             c.members.append(nxt)
             v = nxt.outputs[0]
+        if node.op == "qmatmul" and device == "cpu":
+            c.members += head_merge(v, c.members)
         taken.update(c.members)
         if len(c.members) > 1 or c.declined:
             c.kind = c.kind if len(c.members) > 1 else "single"

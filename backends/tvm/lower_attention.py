@@ -8,8 +8,11 @@ either all broadcast or all full (the common [B|1, H|1, N|1, M] forms); otherwis
 [B, H, N|1, M] by a small TE copy (still no N×M scores unless the mask itself is N×M).
 
 Tile sizes: `node.meta["attention_tile"]` = (br, bc) when the compile option `attention_tile` forced them, else
-the cache-size rule `choose_tiles` for this CPU (or the shared-memory rule on CUDA). The chosen tiles and the
-kernel's workspace bytes are written back to `node.meta` (`attention_tiles`, `attention_workspace`).
+on the CPU the tiles the cost model (`qcc.costmodel.active_model()`: compile's `cost_model=` or the shipped
+model, when it was trained on attention kernels) predicts fastest among `tile_candidates`, else the cache-size
+rule `choose_tiles` for this CPU (the shared-memory rule on CUDA); `meta["attention_tile_source"]` says which.
+The chosen tiles and the kernel's workspace bytes are written back to `node.meta` (`attention_tiles`,
+`attention_workspace`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from qcc.backends.tvm.kernels.attention import (
     choose_tiles,
     gen_cpu,
     gen_cuda,
+    model_tiles,
 )
 from qcc.backends.tvm.lower_base import LowerCtx, lowers, prod
 from qcc.errors import BackendError
@@ -66,9 +70,16 @@ def tiles_for(node: Node, s: AttentionShape, device: str) -> tuple[int, int]:
     if device == "cuda":
         return choose_tiles(s, "cuda")
     from qcc.backends.tvm.kernels.params import CpuInfo
+    from qcc.costmodel.model import active_model
 
     info = CpuInfo.detect()
-    return choose_tiles(s, "cpu", l1d=info.l1d, l2=info.l2, lanes=info.lanes)
+    rule = choose_tiles(s, "cpu", l1d=info.l1d, l2=info.l2, lanes=info.lanes)
+    target = {"lanes": info.lanes, "vregs": info.vregs, "l1d": info.l1d, "l2": info.l2, "l3": info.l3,
+              "cores": info.cores}
+    picked = model_tiles(s, active_model(), rule, target)
+    if node.meta is not None:
+        node.meta["attention_tile_source"] = "rule" if picked is None else "cost model"
+    return picked or rule
 
 
 @lowers("attention")

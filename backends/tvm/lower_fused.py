@@ -155,6 +155,14 @@ class FusedLowering:
             if rest:
                 self.lower_members(rest, get, put)
             return
+        if members[0].op == "requantize" and self.ctx.device == "cpu" and not self.ctx.float16:
+            from qcc.backends.tvm.kernels import int8_fuse
+
+            if int8_fuse.is_template_gemm(self.ctx, get(members[0].inputs[0])):
+                # a requantize of a VNNI template GEMM goes into the GEMM's epilogue (and a following qadd too)
+                self._single(members[0], get, put)
+                self.lower_members(members[1:], get, put)
+                return
         try:
             put(members[-1].outputs[0], self.emit(members, get))
             return

@@ -11,6 +11,7 @@ from typing import Any
 
 from tvm import relax, te
 
+from qcc.backends.tvm import lower_qgnn  # noqa: F401  (registers segment_softmax, qsegment_softmax, irsqrt)
 from qcc.backends.tvm.kernels.gnn import AggregateSpec, aggregate_kernel, csr_kernel
 from qcc.backends.tvm.lower_base import LowerCtx, lowers
 from qcc.ir.graph import Node

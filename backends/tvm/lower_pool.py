@@ -32,6 +32,11 @@ def _i64(v: int) -> Any:
 
 @lowers("max_pool2d")
 def _lower_max_pool(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    if ctx.device == "cpu":  # 8-bit NHWC chain of the VNNI int8 template: stay channels-last
+        from qcc.backends.tvm.kernels import int8_fuse
+
+        if (fast := int8_fuse.try_max_pool(ctx, node, args)) is not None:
+            return fast
     kh, kw, sh, sw, dh, dw, pt, pl, _, _ = _window(node)
     _, _, h, w = node.inputs[0].shape
     out_shape = node.outputs[0].shape

@@ -185,6 +185,11 @@ def _lower_qmatmul(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.E
 
 @lowers("qadd")
 def _lower_qadd(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    if ctx.device == "cpu":  # qadd(requantize(VNNI conv), residual): one kernel, both in the conv's epilogue
+        from qcc.backends.tvm.kernels import int8_fuse
+
+        if (fused := int8_fuse.try_fuse_qadd(ctx, node, args)) is not None:
+            return fused
     ir_dt, dt = _out(ctx, node)
     a = node.attrs
 

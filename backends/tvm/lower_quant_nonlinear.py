@@ -1,9 +1,13 @@
 """Lowering of the integer-only nonlinears (`qcc.ir.ops.quant_nonlinear`): isoftmax, shiftmax, igelu,
-shiftgelu, ilayer_norm. Bit-exact int64 TE mirroring the references step by step.
+shiftgelu, ilayer_norm.
 
-The integer square roots are exact: `newton` is floor(sqrt(n)) (computed from a float64 estimate, which is
-within one of the answer below 2^63, then corrected once each way), `ivit` is I-ViT's ten fixed Newton steps
-from 2^16, one TE stage per step.
+On CPU builds, softmax and layer norm over the last axis go to the integer-only row kernels of
+kernels/int8_nonlinear.py (one parallel kernel per op, int32 where a range bound allows, a float-free digit
+square root), and igelu computes in int32 when its range bound allows (the fuse pass chains it with the
+following requantize). Everywhere else (CUDA, other axes) the rules below are bit-exact int64 TE mirroring
+the references step by step. There the integer square roots are exact: `newton` is floor(sqrt(n)) (digit by
+digit, integer-only like the row kernel's), `ivit`
+is I-ViT's ten fixed Newton steps from 2^16, one TE stage per step.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any
 import numpy as np
 from tvm import relax, te, tirx
 
+from qcc.backends.tvm.kernels import int8_matmul  # noqa: F401  (registers the fused qmatmul schedule)
+from qcc.backends.tvm.kernels import int8_nonlinear as fast
 from qcc.backends.tvm.lower_base import LowerCtx, cast, lowers, prod
 from qcc.backends.tvm.lower_nn import _pin, _reduce_compute
-from qcc.backends.tvm.lower_quant import I64, clamp_to, dyadic_scale, i64
+from qcc.backends.tvm.lower_quant import clamp_to, dyadic_scale, i64
 from qcc.ir.graph import Node
 from qcc.ir.ops import quant_nonlinear as ref
 
@@ -41,9 +47,42 @@ def _shift_exp(x: Any, one: int, n: int, k: int) -> Any:
     return SHR(SHL(e, i64(k)), z)
 
 
+def _row_view(node: Node) -> tuple[int, int]:
+    """The [rows, n] view of a node's input reduced over its last axis."""
+    shape = tuple(int(d) for d in node.inputs[0].shape)
+    return prod(shape[:-1]), shape[-1]
+
+
+def _emit_row_kernel(ctx: LowerCtx, node: Node, func: Any, args: list[relax.Expr], out_dtype: str) -> relax.Expr:
+    """Call a row kernel (kernels/int8_nonlinear.py) on the [rows, n] view of args[0]; the op-shaped result."""
+    from qcc.backends.tvm.schedules import OP_ATTR, OPS_ATTR, SCHEDULED_ATTR
+
+    rows, n = _row_view(node)
+    func = func.without_attr("global_symbol").with_attrs(
+        {"op_pattern": 8, OP_ATTR: node.op, OPS_ATTR: [node.op], SCHEDULED_ATTR: True})
+    gv = ctx.bb.add_func(func, node.op)
+    ctx.kernel_ops.setdefault(gv.name_hint, node.op)
+    x = ctx.bb.emit(relax.op.reshape(args[0], (rows, n)))
+    var = ctx.bb.emit(relax.call_tir(gv, [x, *args[1:]], relax.TensorType((rows, n), out_dtype)))
+    return ctx.bb.emit(relax.op.reshape(var, tuple(int(d) for d in node.outputs[0].shape)))
+
+
+def _row_kernel_applies(ctx: LowerCtx, node: Node, axis: int) -> bool:
+    """The fast row kernels serve CPU builds that emit Relax (not a fused group's TE), reducing the last axis
+    of at least two elements, from an input of at most 32 bits."""
+    x = node.inputs[0]
+    return (ctx.device == "cpu" and not ctx.float16 and isinstance(ctx.bb, relax.BlockBuilder)
+            and axis == len(x.shape) - 1 and int(x.shape[-1]) > 1 and x.dtype != "i64")
+
+
 def _softmax_rule(exp: Any) -> Any:
     def rule(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
         axis = int(node.attrs["axis"])
+        if _row_kernel_applies(ctx, node, axis):
+            rows, n = _row_view(node)
+            attrs = {k: int(v) for k, v in node.attrs.items() if k != "axis"}
+            func = fast.softmax_kernel(rows, n, node.inputs[0].dtype, node.op, attrs)
+            return _emit_row_kernel(ctx, node, func, args, "uint8")
         dt = ctx.out_dtype(node)
         attrs = {k: int(v) for k, v in node.attrs.items() if k != "axis"}
         shift = ref.SOFTMAX_NORM_BITS - ref.SOFTMAX_OUT_BITS
@@ -73,13 +112,17 @@ lowers("shiftmax")(_softmax_rule(_shift_exp))
 @lowers("igelu")
 def _lower_igelu(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax.Expr:
     b, one, shift = (int(node.attrs[k]) for k in ("b", "one", "shift"))
+    wt = fast.gelu_work_dtype(node.inputs[0].dtype, b, one)  # int32 where the range analysis allows
+
+    def c(v: int) -> Any:
+        return tirx.const(v, wt)
 
     def f(x: Any) -> Any:
-        q = i64(x)
-        d = tirx.min(tirx.abs(q), i64(b)) - i64(b)
-        sign = tirx.Select(q > i64(0), i64(1), tirx.Select(q < i64(0), i64(-1), i64(0)))
-        erf = sign * (i64(one) - d * d)
-        return cast("int32", q * SHR(i64(one) + erf, i64(shift)))
+        q = cast(wt, x)
+        d = tirx.min(tirx.abs(q), c(b)) - c(b)
+        sign = tirx.Select(q > c(0), c(1), tirx.Select(q < c(0), c(-1), c(0)))
+        erf = sign * (c(one) - d * d)
+        return cast("int32", q * SHR(c(one) + erf, c(shift)))
 
     return ctx.emit_map(node, f, args[0])
 
@@ -101,20 +144,36 @@ def _lower_shiftgelu(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> relax
 
 
 def _isqrt_newton(n: te.Tensor) -> te.Tensor:
-    """Exact floor(sqrt(n)) for 0 <= n < 2^63.
+    """Exact floor(sqrt(n)) for 0 <= n < 2^63, integer-only: digit by digit, two result bits per step over 32
+    steps from bit = 2^62 (the largest power of 4 below 2^63), compares, subtractions and shifts only — the
+    method of kernels/int8_nonlinear.py's row kernel, for any shape, one TE stage per step (one expression with
+    Let-bound steps made TVM's simplifier crawl). res + bit < 2^32 + 2^62 never overflows."""
+    rem: Any = n
+    res: Any = None
+    for step in range(32):
+        res_fn, rem_fn = _digit_step(rem, res, i64(1 << (62 - 2 * step)))
+        new_res = te.compute(n.shape, res_fn, name=f"isqrt_res{step}")
+        if step < 31:  # the last remainder is never read
+            rem = te.compute(n.shape, rem_fn, name=f"isqrt_rem{step}")
+        res = new_res
+    return res
 
-    sqrt in float64 of n (itself rounded to 53 bits) is within ~1e-6 of the true root below 2^63, so its
-    truncation is off by at most one, and only next to a perfect square: one correction each way is exact.
-    (Two corrections each way gave identical results but made TVM's simplifier crawl on CUDA.)"""
 
-    def body(*i: Any) -> Any:
-        v = n(*i)
-        r = cast(I64, tirx.sqrt(cast("float64", v)))
-        # Compare by division: r*r and (r+1)^2 overflow int64 just below 2^63.
-        r = tirx.Select(tirx.And(r > i64(0), tirx.floordiv(v, tirx.max(r, i64(1))) < r), r - i64(1), r)
-        return tirx.Select(tirx.floordiv(v, r + i64(1)) >= r + i64(1), r + i64(1), r)
+def _digit_step(rem: te.Tensor, res: te.Tensor | None, bit: Any) -> tuple[Any, Any]:
+    """One step of `_isqrt_newton`: if rem ≥ res + bit then rem −= res + bit, res = res/2 + bit, else res /= 2.
+    Returns the compute functions of the new res and the new rem."""
 
-    return te.compute(n.shape, body, name="isqrt")
+    def cur(i: tuple[Any, ...]) -> Any:
+        return i64(0) if res is None else res(*i)
+
+    def new_res(*i: Any) -> Any:
+        half = SHR(cur(i), i64(1))
+        return tirx.Select(rem(*i) >= cur(i) + bit, half + bit, half)
+
+    def new_rem(*i: Any) -> Any:
+        return tirx.Select(rem(*i) >= cur(i) + bit, rem(*i) - cur(i) - bit, rem(*i))
+
+    return new_res, new_rem
 
 
 def _isqrt_ivit(n: te.Tensor) -> te.Tensor:
@@ -135,6 +194,15 @@ def _lower_ilayer_norm(ctx: LowerCtx, node: Node, args: list[relax.Expr]) -> rel
     axes = list(range(axis, len(shape)))
     count = prod(shape[axis:])
     ir_dt, dt = node.outputs[0].dtype, ctx.out_dtype(node)
+    if axis == len(shape) - 1 and _row_kernel_applies(ctx, node, axis):
+        params = tuple(ctx.dtype(v.dtype) for v in node.inputs[1:])
+        from tvm.ir.expr import Constant
+
+        shifts = args[2].value.numpy() if isinstance(args[2], Constant) else None
+        func = fast.layer_norm_kernel(prod(shape[:-1]), count, node.inputs[0].dtype, params, a["sqrt"],
+                                      int(a["zero_point"]), ir_dt,
+                                      positive_shift=shifts is not None and bool((shifts >= 1).all()))
+        return _emit_row_kernel(ctx, node, func, args, dt)
 
     def compute(x: te.Tensor, mult: te.Tensor, shift: te.Tensor, bias: te.Tensor) -> te.Tensor:
         total = _reduce_compute(x, axes, True, lambda v, r: te.sum(i64(v), axis=r), "sum")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,15 +103,24 @@ class Measurer:
 
     def __call__(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
                  params: dict[str, Any], epilogue: Sequence[Any] = ()) -> list[float]:
+        return self.prepare(kind, shapes, attrs, params, epilogue)()
+
+    def prepare(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
+                params: dict[str, Any], epilogue: Sequence[Any] = ()) -> Callable[[], list[float]]:
+        """Build the kernel now and return a timer: each call runs `repeat` timed repeats (seconds per call).
+        The collect job builds every candidate of a kernel first and then times them interleaved."""
         import tvm
 
         from qcc.backends.tvm.kernels.kernel import host_target
 
-        p = params_from_json(params)
-        kern = make_kernel(kind, shapes, attrs=attrs, params=p, epilogue=epilogue, cpu=self.cpu, use_db=False)
+        if kind == "attention":
+            func, inputs, out_shape = attention_func(shapes, attrs or {}, params)
+        else:
+            p = params_from_json(params)
+            kern = make_kernel(kind, shapes, attrs=attrs, params=p, epilogue=epilogue, cpu=self.cpu, use_db=False)
+            func, inputs, out_shape = kern.func, random_inputs(kern), kern.output.shape
         target = tvm.target.Target(self.target or host_target())
-        lib = tvm.compile(tvm.IRModule({"main": kern.func}), target=target)
-        inputs = random_inputs(kern)
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
         sess = self.session()
         if sess is None:
             dev, mod = tvm.cpu(), lib.mod
@@ -122,10 +131,61 @@ class Measurer:
                 sess.upload(path)
             mod, dev = sess.load_module("kernel.so"), sess.cpu()
         args = [tvm.runtime.tensor(a, dev) for a in inputs]
-        args.append(tvm.runtime.tensor(np.zeros(kern.output.shape, np.float32), dev))
+        args.append(tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev))
         timer = mod.time_evaluator("main", dev, number=self.number,
                                    repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
-        return [float(r) for r in timer(*args).results]
+        timer(*args)  # warm up: first-touch page faults and thread-pool start stay out of the data
+
+        def run() -> list[float]:
+            return [float(r) for r in timer(*args).results]
+
+        return run
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+def attention_shape_dict(shapes: Sequence[Sequence[int]], attrs: dict[str, Any]) -> dict[str, Any]:
+    """The workload dict of an attention kernel: shapes [[bh, n, d], [bh, m, d], [bh, m, dv]] (q, k, v flat)."""
+    (bh, n, d), (_, m, _), (_, _, dv) = ([int(x) for x in sh] for sh in shapes)
+    return {"type": "AttentionShape", "bh": bh, "heads": int(attrs.get("heads", 1)), "n": n, "m": m, "d": d,
+            "dv": dv, "causal": bool(attrs.get("causal", False))}
+
+
+def attention_space(shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None = None,
+                    cpu: CpuInfo | None = None) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """The tile candidates (br, bc) of an attention kernel, the cache rule's `choose_tiles` first."""
+    from qcc.backends.tvm.kernels.attention import choose_tiles, tile_candidates
+
+    cpu = cpu or CpuInfo.detect()
+    s = attention_shape_dict(shapes, attrs or {})
+    shape = _attention_shape(s)
+    tiles = tile_candidates(shape, choose_tiles(shape, "cpu", l1d=cpu.l1d, l2=cpu.l2, lanes=cpu.lanes))
+    return "attention", s, [{"type": "AttentionParams", "br": br, "bc": bc} for br, bc in tiles]
+
+
+def _attention_shape(s: dict[str, Any]) -> Any:
+    from qcc.backends.tvm.kernels.attention import AttentionShape
+
+    return AttentionShape(bh=s["bh"], heads=s["heads"], n=s["n"], m=s["m"], d=s["d"], dv=s["dv"],
+                          scale=1.0 / float(np.sqrt(s["d"])), causal=s["causal"])
+
+
+def attention_func(shapes: Sequence[Sequence[int]], attrs: dict[str, Any],
+                   params: dict[str, Any]) -> tuple[Any, list[np.ndarray], tuple[int, ...]]:
+    """(PrimFunc, random q/k/v, output shape) of the CPU attention kernel at tiles params["br"], ["bc"]."""
+    from tvm import te
+
+    from qcc.backends.tvm.kernels.attention import check_tiles, gen_cpu
+
+    s = _attention_shape(attention_shape_dict(shapes, attrs))
+    br, bc = int(params["br"]), int(params["bc"])
+    check_tiles(s, br, bc, "cpu")
+    gen = gen_cpu(s, br, bc)
+    ph = [te.placeholder(tuple(int(x) for x in sh), "float32", name=nm) for sh, nm in zip(shapes, "qkv")]
+    out = te.extern([(s.bh, s.n, s.dv)], ph, lambda i, o: gen(*i, o[0]), dtype=["float32"], name="attention")
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(tuple(int(x) for x in sh)).astype(np.float32) for sh in shapes]
+    return te.create_prim_func([*ph, out]), inputs, (s.bh, s.n, s.dv)
 
 
 # ------------------------------------------------------------------------------------- integer kernels
@@ -217,6 +277,11 @@ class IntMeasurer:
 
     def __call__(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
                  params: dict[str, Any], epilogue: Sequence[Any] = ()) -> list[float]:
+        return self.prepare(kind, shapes, attrs, params, epilogue)()
+
+    def prepare(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
+                params: dict[str, Any], epilogue: Sequence[Any] = ()) -> Callable[[], list[float]]:
+        """Build now; return a timer (`repeat` timed repeats per call), as `Measurer.prepare`."""
         from qcc.backends.tvm import build
         from qcc.target import Target
 
@@ -236,7 +301,11 @@ class IntMeasurer:
             raise BackendError(f"{kind} {list(shapes)}: the build {'did not take' if not took else 'took'} the "
                                f"VNNI template, asked for {impl!r}")
         exe.run(inputs)  # warm up (first call allocates)
-        return exe.time(inputs, number=self.number, repeat=self.repeat)
+
+        def run() -> list[float]:
+            return exe.time(inputs, number=self.number, repeat=self.repeat)
+
+        return run
 
 
 class AnyMeasurer:
@@ -247,11 +316,18 @@ class AnyMeasurer:
 
     def __call__(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
                  params: dict[str, Any], epilogue: Sequence[Any] = ()) -> list[float]:
+        return self.prepare(kind, shapes, attrs, params, epilogue)()
+
+    def prepare(self, kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None,
+                params: dict[str, Any], epilogue: Sequence[Any] = ()) -> Callable[[], list[float]]:
+        """The dispatched measurer's `prepare` (build now, time later)."""
         m = self.ints if kind in INT_OPS else self.floats
-        return m(kind, shapes, attrs, params, epilogue)
+        return m.prepare(kind, shapes, attrs, params, epilogue)
 
 
 def any_space(kind: str, shapes: Sequence[Sequence[int]], attrs: dict[str, Any] | None = None,
               cpu: CpuInfo | None = None) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    """`int_space` for qconv2d / qlinear, else `space`."""
+    """`int_space` for qconv2d / qlinear, `attention_space` for attention, else `space`."""
+    if kind == "attention":
+        return attention_space(shapes, attrs, cpu)
     return int_space(kind, shapes, attrs) if kind in INT_OPS else space(kind, shapes, attrs, cpu)

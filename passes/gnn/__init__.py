@@ -1,5 +1,6 @@
 """GNN passes (Zhang et al., MLSys 2022): graph-operator recognition, propagation-postponed reorganization and
-the cost analysis of message-passing graphs."""
+the cost analysis of message-passing graphs; `quant_prep` holds the integer-target preparation and fusion
+(gnn-quant-prep, gnn-integer-fuse) and gnn-score-linear."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from qcc.errors import VerificationError
 from qcc.ir.graph import Graph, Node, Value, make_node
 from qcc.ir.ops.gnn import BINARY as EDGE_BINARY
 from qcc.ir.ops.gnn import PARAM_UNARY, UNARY, linear_in_alpha, row_shapes
+from qcc.ir.ops.quant import INT_RANGES
 from qcc.ir.pass_manager import PassContext
 from qcc.ir.rewrite import remove_dead_nodes
 from qcc.ir.types import dtype_from_numpy
@@ -119,6 +120,16 @@ class _Builder:
                 self.softmax, self.score = sm, score
                 return "alpha"
         rank = len(v.shape)
+        if node.op == "qadd" and all(x.dtype == v.dtype and self._is_edge(x) and len(x.shape) == rank
+                                     for x in node.inputs):
+            at = node.attrs
+            lo, hi = INT_RANGES[v.dtype]
+            lo = lo if at.get("min") is None else max(lo, int(at["min"]))  # type: ignore[arg-type]
+            hi = hi if at.get("max") is None else min(hi, int(at["max"]))  # type: ignore[arg-type]
+            keys = ("a_multiplier", "b_multiplier", "shift", "a_zero_point", "b_zero_point", "zero_point")
+            qparam = tuple(int(at[k]) for k in keys) + (lo, hi)  # type: ignore[arg-type]
+            refs = tuple(self.build(x, prog, memo, allow_softmax) for x in node.inputs)
+            return self._emit(prog, ("qadd", refs, qparam))
         if node.op in _BINARY and len(node.inputs) == 2 and node.inputs[0].dtype == v.dtype:
             refs = tuple(self.build(x, prog, memo, allow_softmax) if self._is_edge(x) and len(x.shape) == rank
                          else self._const(x, rank) for x in node.inputs)
@@ -146,9 +157,13 @@ class _Builder:
 
 @dataclass(frozen=True)
 class GnnFuse:
-    """Fuse each segment reduction with the edge-wise ops and gathers feeding it (see the module docstring)."""
+    """Fuse each segment reduction with the edge-wise ops and gathers feeding it (see the module docstring).
+
+    With `edge_operands=False` a reduction whose message would still read a computed per-edge tensor (an ``"edge"``
+    operand) is left alone: fusing it would not remove any |E|-row tensor (integer graphs use this)."""
 
     name: ClassVar[str] = "gnn-fuse"
+    edge_operands: bool = True
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         g = graph.copy()
@@ -172,6 +187,8 @@ class GnnFuse:
             root = b.build(red.src, message, {}, True)
             if not message:
                 message.append(("id", (root,), None))
+            if not self.edge_operands and any(k == "edge" and isinstance(w, Value) for w, k in b.operands):
+                continue
             if any(dtype_from_numpy(w.dtype) != red.src.dtype if isinstance(w, np.ndarray) else w.dtype != red.src.dtype
                    for w, _ in b.operands):
                 continue  # mixed dtypes (e.g. an integer edge weight): leave this reduction alone

@@ -38,6 +38,7 @@ from qcc.ir.pass_manager import PassContext
 from qcc.ir.types import FLOAT_DTYPES, QuantParams, TensorType
 from qcc.passes._stats import record_stats
 from qcc.passes.quant.calibrate import calibrate_graph
+from qcc.passes.quant.realize_gnn import activation_inputs, gnn_kind, is_gnn_graph, output_act
 from qcc.passes.quant.weights import (
     WEIGHT_METHODS,
     ActQuant,
@@ -206,12 +207,14 @@ class _QDQBuilder:
         self.nonneg: set[Value] = set()
         self.wide: set[Value] = set()
         self.int_weights: dict[tuple[Value, int, int | None, int | None], Value] = {}
+        self.gnn = is_gnn_graph(g)  # message-passing graphs also get the GNN kinds (realize_gnn)
 
     # -- decisions ------------------------------------------------------------------------------------------------
     def _kind_of(self, node: Node) -> str | None:
         if node.name in self.o.kept or node.op in self.o.kept:
             return None
-        return classify(node, self.params)
+        kind = classify(node, self.params)
+        return gnn_kind(node, self.g) if kind is None and self.gnn else kind
 
     def decide(self) -> None:
         users = self.g.users()
@@ -233,7 +236,7 @@ class _QDQBuilder:
                 self.nonneg.update(n.outputs)
         for n in reversed(self.g.nodes):  # softmax inputs, and the chain feeding them, get softmax_bits
             kind = self.kinds.get(n)
-            if kind == "softmax" or (kind in ("scale", "add", "pass") and n.output in self.wide):
+            if kind in ("softmax", "segment_softmax") or (kind in ("scale", "add", "pass") and n.output in self.wide):
                 self.wide.update(v for v in n.inputs if v not in self.params and v.dtype in FLOAT_DTYPES)
 
     def _calibrated(self, v: Value) -> ActQuant:
@@ -262,7 +265,8 @@ class _QDQBuilder:
             if self.o.weight_only:
                 self._plan_weight(n, None)
                 continue
-            acts = [v for v in n.inputs if v.dtype in FLOAT_DTYPES and v not in self.params]
+            acts = activation_inputs(n, kind) or [v for v in n.inputs if v.dtype in FLOAT_DTYPES
+                                                  and v not in self.params]
             for v in acts:
                 self._need(v)
             out = self.fused[n].output if n in self.fused else n.output
@@ -278,8 +282,11 @@ class _QDQBuilder:
             for i, v in enumerate(n.inputs):  # other float constants read by the op: per-tensor int params
                 if v in self.params and v.dtype in FLOAT_DTYPES and kind in ("add", "concat", "pass", "matmul"):
                     self.weights[(n, i)] = ("act", self._need(v))
-            if kind == "softmax":
+            fixed = output_act(n, kind, self.g, self.act) if self.gnn else None
+            if kind in ("softmax", "segment_softmax"):
                 self.act[out] = ActQuant(SOFTMAX_SCALE, 0, "u8")
+            elif fixed is not None:
+                self.act[out] = fixed
             elif kind == "pass" and n.inputs[0] in self.act:
                 self.act[out] = self.act[n.inputs[0]]
             else:

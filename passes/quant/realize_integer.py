@@ -34,6 +34,8 @@ from qcc.passes.quant import realize_nonlinear as nl
 from qcc.passes.quant._realize_base import Emitter, QTensor, Target, activation_bounds, read_dequantize, to_target
 from qcc.passes.quant.dyadic import dyadic, shared_shift
 from qcc.passes.quant.quantize import FUSABLE, classify
+from qcc.passes.quant.realize_gnn import RULES as GNN_RULES
+from qcc.passes.quant.realize_gnn import gnn_kind, is_gnn_graph
 
 CONV_ATTRS = ("stride", "padding", "dilation", "groups")
 
@@ -47,9 +49,11 @@ class _Realizer:
         self.outputs = set(g.outputs)
         self.counts: dict[str, int] = {}
         self.consts = frozenset(n.output for n in g.nodes if n.op == "dequantize" and n.inputs[0] in self.params)
+        self.gnn = is_gnn_graph(g)  # message-passing graphs also get the GNN rules (realize_gnn)
 
     def classify(self, node: Node) -> str | None:
-        return classify(node, self.params, self.consts)
+        kind = classify(node, self.params, self.consts)
+        return gnn_kind(node, self.g, self.consts) if kind is None and self.gnn else kind
 
     def _only_user(self, v: Value, user: Node) -> bool:
         return v not in self.outputs and [n for n in self.users.get(v, [])] == [user]
@@ -84,7 +88,8 @@ class _Realizer:
         ins = [read_dequantize(self.producers.get(v), self.params) for v in node.inputs]
         em = Emitter(self.g, node.name or node.op)
         try:
-            result = getattr(self, f"_{kind}")(em, node, ins, target)
+            rule = getattr(self, f"_{kind}", None)
+            result = rule(em, node, ins, target) if rule is not None else GNN_RULES[kind](self, em, node, ins, target)
         except (ValueError, KeyError):
             result = None
         if result is None:

@@ -81,12 +81,18 @@ def test_pack_weight_layout_and_bounds() -> None:
 
 
 def test_pack_conv_weight_is_channels_last() -> None:
-    w = _rand("i8", (3, 5, 2, 3))  # K = KH·KW·Cp = 2·3·8
-    wp, _ = K.pack_conv_weight(w, "u8", 0, None)
+    w = _rand("i8", (3, 5, 2, 3))  # with horizontal dilation: K = KH·KW·Cp = 2·3·8
+    wp, _ = K.pack_conv_weight(w, "u8", 0, None, dilation=(1, 2))
     assert wp.shape == (1, 12, 16, 4)
     flat = wp.transpose(0, 2, 1, 3).reshape(16, 48)
     assert np.array_equal(flat[:3].reshape(3, 2, 3, 8)[..., :5], w.transpose(0, 2, 3, 1))
     assert not flat[:3].reshape(3, 2, 3, 8)[..., 5:].any() and not flat[3:].any()
+    # window-run layout (C % 4 != 0, no horizontal dilation): K = KH·L with L = ceil4(KW·C) = 16
+    wp, _ = K.pack_conv_weight(w, "u8", 0, None)
+    assert K.window_runs(5, 3, 1) == 16 and K.window_runs(8, 3, 1) is None and wp.shape == (1, 8, 16, 4)
+    flat = wp.transpose(0, 2, 1, 3).reshape(16, 32)
+    assert np.array_equal(flat[:3].reshape(3, 2, 16)[..., :15], w.transpose(0, 2, 3, 1).reshape(3, 2, 15))
+    assert not flat[:3].reshape(3, 2, 16)[..., 15:].any() and not flat[3:].any()
 
 
 def _graph(w_zero_point: int) -> tuple[Any, list[np.ndarray]]:

@@ -183,6 +183,11 @@ CASES: list[Case] = [
         {"axis": 0, "reduce": red, "include_self": incl}, id=f"index_reduce-{red}-{incl}", group="scatter")
       for red in ("sum", "mean", "amax", "amin", "prod") for incl in (True, False)],
     C("segment_csr", [np.array([1, 4, 1, 0, -1, 1, 2, 4], np.int64)], {"num_segments": 5}, group="scatter"),
+    C("segment_softmax", [f32(8, 2), np.array([1, 4, 1, 0, -1, 1, 2, 4], np.int64)], {"num_segments": 5},
+      group="scatter"),
+    C("qsegment_softmax", [ints(8, 2, lo=-128, hi=128, dtype=np.int8), np.array([1, 4, 1, 0, -1, 1, 2, 4], np.int64)],
+      {"num_segments": 5, "ln2": 13, "b": 27, "c": 383}, group="scatter"),
+    C("irsqrt", [np.array([0, 1, 2, 3, 50, 1000, 2**30 + 1], np.int32)], {"bits": 15}, group="scatter"),
     # CSR of dst [1, 4, 1, 0, 4, 1, 2, 4] (vertex 3 has no in-edges), col = src [0, 2, 3, 3, 1, 4, 0, 2] in CSR order
     C("gather_aggregate", [np.array([0, 1, 4, 5, 5, 8], np.int64), np.array([3, 0, 2, 5, 6, 1, 4, 7], np.int64),
                            np.array([3, 0, 3, 4, 0, 2, 1, 2], np.int64), f32(5, 2, 3), f32(5, 2), f32(5, 2),

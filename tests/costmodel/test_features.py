@@ -124,3 +124,22 @@ def test_integer_kernels_carry_their_bit_widths(kind, shape):
     # a float kernel reports its dtype's width everywhere and is not integer
     fl = dict(zip(FEATURE_NAMES, kernel_features(kernel("dense")), strict=True))
     assert fl["is_int"] == 0 and fl["w_bits"] == 32 and fl["acc_bits"] == 32
+
+
+def test_attention_kernels_carry_their_tiles():
+    from qcc.costmodel.features import ATTN_KINDS, FEATURE_VERSION
+
+    assert "attention" in ATTN_KINDS and FEATURE_VERSION == 3
+    shape = {"type": "AttentionShape", "bh": 8, "heads": 8, "n": 128, "m": 256, "d": 64, "dv": 64, "causal": False}
+
+    def feats(br: int, bc: int, **kw: object) -> dict[str, float]:
+        k = {"kind": "attention", "shape": {**shape, **kw}, "params": {"type": "AttentionParams", "br": br, "bc": bc},
+             "epilogue": [], "target": TARGET}
+        return dict(zip(FEATURE_NAMES, kernel_features(k), strict=True))
+
+    a, b = feats(32, 64), feats(8, 16)
+    assert a["kind_attention"] == 1 and (a["p_br"], a["p_bc"]) == (32, 64) and (b["p_br"], b["p_bc"]) == (8, 16)
+    assert a["log_flops"] == pytest.approx(np.log2(2 * 8 * 128 * 256 * 128 + 1))
+    assert a["panel_l1"] > b["panel_l1"] and a["tasks"] < b["tasks"]
+    assert feats(32, 64, causal=True)["log_flops"] < a["log_flops"]  # causal skips about half the keys
+    assert feats(32, 48)["pad"] > a["pad"]  # 256 keys in tiles of 48 pad the last one

@@ -1,6 +1,7 @@
 """GNNs end to end (issue #8): GCN, GAT (single and multi-head) and EdgeConv written with index_select /
 index_add / index_reduce, and a GAT exported to ONNX (Gather / ScatterElements), are reorganised by gnn-reorganize
-(golden IR), still match PyTorch, and build with TVM; a cpu-int8 GCN is bit-exact with the interpreter."""
+(golden IR), still match PyTorch, and build with TVM; a cpu-int8 GCN is integer-only and bit-exact with the
+interpreter (GAT and EdgeConv: tests/e2e/test_gnn_int8.py)."""
 
 from __future__ import annotations
 
@@ -228,7 +229,12 @@ def test_int8_gcn_is_bit_exact_with_the_interpreter(graph_inputs):
     model = zoo.gcn_tiny()
     calib = [tuple(t.numpy() for t in zoo.tiny_graph(seed)) for seed in range(1, 4)]
     lib = qcc.compile(model, "cpu-int8", example_inputs=graph_inputs, calibration=calib, progress=False, quiet=True)
-    assert "gnn-reorganize" in lib.pass_timings
+    assert "gnn-reorganize" in lib.pass_timings and "gnn-quant-prep" in lib.pass_timings
+    assert "integer-only" in lib.report() and "not integer-only" not in lib.report()
+    assert lib.tir_check is not None and lib.tir_check.ok, lib.tir_check
+    ops = lib.graph.op_counts()
+    assert ops["irsqrt"] == 2  # the degree scaling 1/√d in integers
+    assert ops["gather_aggregate"] == 4 and "index_add" not in ops  # integer sums fused (2 degrees, 2 messages)
     for seed in (0, 7):
         feeds = [t.numpy() for t in zoo.tiny_graph(seed)]
         out = lib(*feeds)

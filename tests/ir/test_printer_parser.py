@@ -110,6 +110,9 @@ CASES: dict[str, tuple[list, dict]] = {
     "gather_aggregate": ([_i(0, 2, 2, 4), _i(1, 3, 0, 2), _i(0, 2, 1, 1), "f32[3,2]", "f32[3]", "f32[4,2]"],
                          {"kinds": ("src", "dst", "edge"), "score": (("mul", ("x1", "x2"), None),),
                           "message": (("mul", ("x0", "alpha"), None), ("elu", ("t0",), 0.5)), "reduce": "max"}),
+    "segment_softmax": (["f32[4,2]", _i(2, 0, -1, 2)], {"num_segments": 3}),
+    "qsegment_softmax": (["i16[4,2]", _i(2, 0, -1, 2)], {"num_segments": 3, "ln2": 693, "b": 1353, "c": 959554}),
+    "irsqrt": ([_i(0, 1, 5, 100).astype(np.int32)], {"bits": 15}),
     # quantization ops (qcc.ir.ops.quant, quant_nonlinear)
     "quantize": ([F23, np.array(0.1, np.float32), np.array(3, np.int32)], {"dtype": "i8"}),
     "dequantize": (["i8[4,6]", np.full((4, 1), 0.05, np.float32), np.array(1, np.int32),

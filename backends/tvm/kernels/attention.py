@@ -91,6 +91,48 @@ def choose_tiles(shape: AttentionShape, device: str = "cpu", l1d: int = 32 * 102
     return br, bc
 
 
+# The (br, bc) tiles the cost model ranks (and `qcc costmodel collect` measures) for the CPU kernel.
+TILE_CANDIDATES = ((8, 16), (8, 32), (8, 64), (16, 16), (16, 32), (16, 64), (16, 128), (32, 16), (32, 32),
+                   (32, 64), (32, 128), (64, 16), (64, 32), (64, 64), (64, 128))
+
+
+def tile_candidates(shape: AttentionShape, rule: tuple[int, int]) -> list[tuple[int, int]]:
+    """The CPU tile candidates of `shape`: the rule's tiles first, then every TILE_CANDIDATES entry not larger
+    than the queries (br) or keys (bc) need."""
+    rest = [t for t in TILE_CANDIDATES if t != tuple(rule) and t[0] <= max(shape.n, 8) and t[1] <= max(shape.m, 16)]
+    return [tuple(rule), *rest]  # type: ignore[list-item]
+
+
+def tile_kernel(shape: AttentionShape, br: int, bc: int, target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cost model's kernel dict (qcc.costmodel.features, kind "attention") of `shape` at tiles (br, bc)."""
+    k: dict[str, Any] = {"kind": "attention", "shape": {"type": "AttentionShape", "bh": shape.bh,
+                                                         "heads": shape.heads, "n": shape.n, "m": shape.m,
+                                                         "d": shape.d, "dv": shape.dv, "causal": shape.causal},
+                         "params": {"type": "AttentionParams", "br": int(br), "bc": int(bc)}, "epilogue": [],
+                         "dtype": "f32", "layout": "NCHW"}
+    if target is not None:
+        k["target"] = dict(target)
+    return k
+
+
+def model_tiles(shape: AttentionShape, model: Any, rule: tuple[int, int],
+                target: dict[str, Any] | None = None) -> tuple[int, int] | None:
+    """The tiles a cost model (`CostModel.predict`, or its ranking `score`) expects fastest among
+    `tile_candidates`, or None when the model was not trained on attention kernels or cannot predict them."""
+    from qcc.costmodel.model import AnalyticCostModel, choose
+    from qcc.errors import CostModelError
+
+    kinds = (getattr(model, "meta", None) or {}).get("kinds")
+    # The analytic roofline cannot tell tiles apart (same flops and bytes): the measured cache rule stays.
+    if model is None or isinstance(model, AnalyticCostModel) or (kinds is not None and "attention" not in kinds):
+        return None
+    cands = tile_candidates(shape, rule)
+    try:
+        return cands[choose(model, [tile_kernel(shape, br, bc, target) for br, bc in cands])]
+    except CostModelError:
+        return None
+
+
 def check_tiles(shape: AttentionShape, br: int, bc: int, device: str = "cpu") -> None:
     """Reject tile sizes the kernel cannot use (BackendError naming the bad value)."""
     for name, val in (("br", br), ("bc", bc)):

@@ -158,6 +158,15 @@ class RowExpr:
         if not _is_temp(ref):
             return self.load(ref, idx)
         op, args, param = self.program[int(ref[1:])]
+        if op == "qadd":  # integer qadd (qcc.ir.ops.gnn.qadd_edge): int64, one rounding shift, clamped
+            a, b = (cast("int64", self(_bcast(idx, self._shape(r)), r)) for r in args)
+            ma, mb, sh, za, zb, zp, lo, hi = (const(int(p), "int64") for p in param)
+            acc = (a - za) * ma + (b - zb) * mb
+            if int(param[2]) > 0:
+                acc = tirx.shift_right(acc + tirx.shift_left(const(1, "int64"), sh - const(1, "int64")), sh)
+            else:
+                acc = tirx.shift_left(acc, const(-int(param[2]), "int64"))
+            return cast(self.dtype, tirx.min(tirx.max(acc + zp, lo), hi))
         if op in _BINARY:
             a, b = (self(_bcast(idx, self._shape(r)), r) for r in args)
             return _BINARY[op](a, b)

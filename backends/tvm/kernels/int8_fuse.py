@@ -9,6 +9,12 @@ is left without users and Relax drops it (dead code) unless another consumer sti
 Convolutions write NHWC ([B·OH·OW, O]); the rule returns the NCHW view (reshape + permute_dims, the op's own
 layout) and records the NHWC tensor behind it, so that a following template convolution reads the NHWC tensor
 directly (the transposition is then dead too) while every other consumer sees NCHW.
+
+The same trick carries a CNN's other ops: a `qadd` of a requantized template convolution and a channels-last
+residual is emitted once more as that convolution with requantize + qadd in its epilogue (`try_fuse_qadd`),
+an 8-bit `max_pool2d` of a channels-last tensor runs NHWC (`try_max_pool`, kernels/int8_pool.py), and
+depthwise convolutions take the channels-last depthwise kernel (kernels/int8_dw.py) with the same epilogues.
+The template uses AVX-512 VNNI or, on targets without it, its exact AVX2 variant (`int8.isa()`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from qcc.backends.tvm.kernels import int4 as K4
 from qcc.backends.tvm.kernels import int8 as K
+from qcc.backends.tvm.kernels import int8_dw as KDW
 from qcc.errors import BackendError
 
 
@@ -31,12 +39,15 @@ class _Gemm:
     x_layout: str
     wp: np.ndarray
     bp: np.ndarray
+    kernels: Any = K  # the kernel module: int8, or int4 (packed W4 weights, kernels/int4.py) for i4 weights
+    isa: str = "vnni"  # int8 kernels: "vnni" or the exact "avx2" fallback (K.isa())
 
 
 @dataclass
 class _State:
     gemms: dict[Any, _Gemm] = field(default_factory=dict)  # returned var -> its GEMM
     nhwc: dict[Any, Any] = field(default_factory=dict)  # NCHW var -> the NHWC var it is a view of
+    fused: dict[Any, tuple[_Gemm, K.Requant]] = field(default_factory=dict)  # requantized var -> its GEMM
 
 
 def _builds_relax(ctx: Any) -> bool:
@@ -59,30 +70,39 @@ def _const(expr: Any) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, Constant) else None
 
 
-def _emit(ctx: Any, g: _Gemm, rq: K.Requant | None) -> Any:
-    """Emit the template kernel of `g` (with `rq` fused) and return the op-layout Relax value."""
+def _emit(ctx: Any, g: _Gemm, rq: K.Requant | None, add: K.ResidualAdd | None = None,
+          residual: Any = None) -> Any:
+    """Emit the template kernel of `g` (with `rq`, and then `add` with the [M, N] `residual`, fused) and return
+    the op-layout Relax value."""
     from tvm import relax
 
     node, a = g.node, g.node.attrs
     x_t = node.inputs[0]
     out_full = tuple(int(d) for d in node.outputs[0].shape)
     zx = int(a["x_zero_point"])
-    extra = [] if rq is None else rq.arrays(len(g.bp))
-    dt = "int32" if rq is None else ctx.dtype(rq.dtype)
+    extra = [] if rq is None else rq.arrays(getattr(g.kernels, "channels", len)(g.bp))  # (int4_group)
+    dt = "int32" if rq is None else ctx.dtype(rq.dtype if add is None else add.dtype)
     if node.op == "qlinear":
         n, k = node.inputs[1].shape
         m = int(np.prod(x_t.shape[:-1], dtype=np.int64))
-        func = K.qlinear_kernel((m, k), x_t.dtype, n, zx, rq=rq)
+        func = g.kernels.qlinear_kernel((m, k), x_t.dtype, n, zx, rq=rq, **({"isa": g.isa} if g.kernels is K else {}))
         out_shape: tuple[int, ...] = (m, n)
     else:
         x_shape = tuple(int(d) for d in (relax_shape(g.x) if g.x_layout == "NHWC" else x_t.shape))
-        func = K.qconv2d_kernel(x_shape, x_t.dtype, node.inputs[1].shape, out_full, tuple(a["stride"]),
-                                tuple(a["padding"]), tuple(a["dilation"]), zx, rq=rq, x_layout=g.x_layout)
+        more: dict[str, Any] = {} if add is None else {"add": add}
+        if g.kernels is K:
+            more["isa"] = g.isa
+        func = g.kernels.qconv2d_kernel(x_shape, x_t.dtype, node.inputs[1].shape, out_full, tuple(a["stride"]),
+                                        tuple(a["padding"]), tuple(a["dilation"]), zx, rq=rq,
+                                        x_layout=g.x_layout, **more)
         out_shape = (out_full[0] * out_full[2] * out_full[3], out_full[1])
     func = func.without_attr("global_symbol").with_attrs({"op_pattern": 8, "qcc.ops": [node.op]})
-    gv = ctx.bb.add_func(func, f"{node.op}_vnni" + ("" if rq is None else "_rq"))
+    isa = g.isa if g.kernels is K else getattr(g.kernels, "TAG", "vnni")
+    gv = ctx.bb.add_func(func, f"{node.op}_{isa}" + ("" if rq is None else "_rq") + ("" if add is None else "_add"))
     consts = [relax.const(g.wp, "int8"), relax.const(g.bp, "int32")]
     consts += [relax.const(e, str(e.dtype)) for e in extra]
+    if residual is not None:
+        consts.append(residual)
     var = ctx.bb.emit(relax.call_tir(gv, [g.x, *consts], relax.TensorType(out_shape, dt)))
     ctx.kernel_ops.setdefault(gv.name_hint, node.op)
     if node.op == "qlinear":
@@ -108,7 +128,8 @@ def try_lower(ctx: Any, node: Any, args: list[Any]) -> Any:
 
     a = node.attrs
     x_t, w_t = node.inputs[0], node.inputs[1]
-    if not _builds_relax(ctx) or not K.enabled():
+    isa = K.isa() if _builds_relax(ctx) else None
+    if isa is None:
         return None
     if x_t.dtype not in ("i8", "u8") or w_t.dtype not in ("i8", "i4") or int(a["w_zero_point"]) != 0:
         return None
@@ -118,24 +139,30 @@ def try_lower(ctx: Any, node: Any, args: list[Any]) -> Any:
         return None
     zx = int(a["x_zero_point"])
     x, layout = args[0], "NCHW"
+    # i4: weights stay packed two per byte (VNNI only; the AVX2 path widens them like i8)
+    kern = K4 if w_t.dtype == "i4" and K4.packed() and isa == "vnni" else K
     try:
         if node.op == "qlinear":
-            if len(args) > 3 or a.get("group_size") is not None:
-                return None
-            wp, bp = K.pack_weight(w.astype(np.int8), x_t.dtype, zx, bias)
+            if len(args) > 3 or a.get("group_size") is not None:  # VS-Quant group scales: only the W4 kernel
+                if kern is not K4 or len(args) != 4 or (kern := K4.grouped(_const(args[3]), a["group_size"])) is None:
+                    return None
+            wp, bp = kern.pack_weight(w.astype(np.int8), x_t.dtype, zx, bias, **({"isa": isa} if kern is K else {}))
             m, k = int(np.prod(x_t.shape[:-1], dtype=np.int64)), int(x_t.shape[-1])
             if len(x_t.shape) != 2:
                 x = ctx.bb.emit(relax.op.reshape(args[0], (m, k)))
         elif node.op == "qconv2d":
-            if int(a["groups"]) != 1:
-                return None
-            wp, bp = K.pack_conv_weight(w.astype(np.int8), x_t.dtype, zx, bias)
+            if int(a["groups"]) != 1:  # only depthwise (groups = C = O): channels-last, no GEMM (int8_dw.py)
+                if not int(a["groups"]) == int(x_t.shape[1]) == int(w_t.shape[0]) or int(w_t.shape[1]) != 1:
+                    return None
+                kern = KDW
+            more = {"dilation": tuple(a["dilation"]), **({"isa": isa} if kern is K else {})}  # window-run layout
+            wp, bp = kern.pack_conv_weight(w.astype(np.int8), x_t.dtype, zx, bias, **more)
             nhwc = _state(ctx).nhwc.get(args[0])
             if nhwc is not None:
                 x, layout = nhwc, "NHWC"
         else:
             return None
-        g = _Gemm(node, x, layout, wp, bp)
+        g = _Gemm(node, x, layout, wp, bp, kern, isa)
         var = _emit(ctx, g, None)
     except BackendError:
         return None
@@ -178,6 +205,83 @@ def try_fuse_requantize(ctx: Any, node: Any, args: list[Any]) -> Any:
     rq = K.Requant(bv.astype(np.int64), cv.astype(np.int32), int(a["input_zero_point"]), int(a["zero_point"]),
                    node.outputs[0].dtype, a["min"], a["max"])
     try:
-        return _emit(ctx, g, rq)
+        var = _emit(ctx, g, rq)
     except BackendError:
         return None
+    _state(ctx).fused[var] = (g, rq)
+    return var
+
+
+def try_fuse_qadd(ctx: Any, node: Any, args: list[Any]) -> Any:
+    """Emit qadd(requantize(conv), r) as one template convolution whose epilogue requantizes, reads the residual
+    r channels-last and applies the qadd, or return None (then the generic rule runs): no operand is a fused
+    template convolution, r is not a channels-last template output, or the operands broadcast.
+
+    When both operands qualify (a ResNet downsampling block) the later-emitted convolution takes the add: its
+    output is the one most likely read by this qadd alone. The convolution's own requantize kernel stays only if
+    another consumer still reads it (dead code otherwise)."""
+    from tvm import relax
+
+    if not _builds_relax(ctx) or len(args) != 2:
+        return None
+    out_shape = tuple(int(d) for d in node.outputs[0].shape)
+    if any(tuple(int(d) for d in v.shape) != out_shape for v in node.inputs) or len(out_shape) != 4:
+        return None
+    st = _state(ctx)
+    order = list(st.fused)
+    sides = [s for s in (0, 1) if isinstance(args[s], relax.Var) and args[s] in st.fused]
+    for side in sorted(sides, key=lambda s: -order.index(args[s])):
+        g, rq = st.fused[args[side]]
+        other = args[1 - side]
+        r = st.nhwc.get(other) if isinstance(other, relax.Var) else None
+        if g.node.op != "qconv2d" or r is None:  # (int8 and int4 convolutions both take a fused qadd)
+            continue
+        a = node.attrs
+        y, o = ("a", "b") if side == 0 else ("b", "a")
+        add = K.ResidualAdd(int(a[f"{y}_multiplier"]), int(a[f"{y}_zero_point"]), int(a[f"{o}_multiplier"]),
+                            int(a[f"{o}_zero_point"]), int(a["shift"]), int(a["zero_point"]), node.outputs[0].dtype,
+                            node.inputs[1 - side].dtype, a["min"], a["max"])
+        b_, c, h, w = out_shape
+        try:
+            res = ctx.bb.emit(relax.op.reshape(r, (b_ * h * w, c)))
+            return _emit(ctx, g, rq, add, res)
+        except BackendError:
+            return None
+    return None
+
+
+def try_max_pool(ctx: Any, node: Any, args: list[Any]) -> Any:
+    """Emit an 8-bit max_pool2d whose input is a channels-last template output as an NHWC kernel
+    (kernels/int8_pool.py) and return its NCHW view (its NHWC tensor is recorded for the next template conv), or
+    None: not a template chain, not 8-bit, or a window too large."""
+    from tvm import relax
+
+    from qcc.backends.tvm.kernels import int8_pool
+
+    if not _builds_relax(ctx) or not isinstance(args[0], relax.Var) or node.inputs[0].dtype not in ("i8", "u8"):
+        return None
+    x = _state(ctx).nhwc.get(args[0])
+    if x is None:
+        return None
+    a = node.attrs
+    b_, c, oh, ow = (int(d) for d in node.outputs[0].shape)
+    try:
+        func = int8_pool.max_pool_nhwc_kernel(relax_shape(x), ctx.dtype(node.inputs[0].dtype), (oh, ow),
+                                              tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]),
+                                              tuple(a.get("dilation", (1, 1))))
+    except BackendError:
+        return None
+    func = func.without_attr("global_symbol").with_attrs({"op_pattern": 8, "qcc.ops": [node.op]})
+    gv = ctx.bb.add_func(func, "max_pool2d_nhwc")
+    ctx.kernel_ops.setdefault(gv.name_hint, node.op)
+    nhwc = ctx.bb.emit(relax.call_tir(gv, [x], relax.TensorType((b_, oh, ow, c), ctx.dtype(node.outputs[0].dtype))))
+    nchw = ctx.bb.emit(relax.op.permute_dims(nhwc, (0, 3, 1, 2)))
+    _state(ctx).nhwc[nchw] = nhwc
+    return nchw
+
+
+def is_template_gemm(ctx: Any, expr: Any) -> bool:
+    """Whether `expr` is the int32 output of a template GEMM whose requantize rule would fuse into it."""
+    from tvm import relax
+
+    return isinstance(expr, relax.Var) and _builds_relax(ctx) and expr in _state(ctx).gemms

@@ -6,6 +6,7 @@ from qcc.ir.ops import (  # noqa: F401  (registration)
     gnn,
     nn,
     pool,
+    qgnn,
     quant,
     quant_nonlinear,
     scatter,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from qcc.ir.ops.quant import round_shift
 from qcc.ir.ops.registry import REQUIRED, broadcast_shapes, check, register
 from qcc.ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType
 
@@ -43,6 +44,9 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 SHAPE_OPS = ("unsqueeze", "reshape")
 INT_OK = {"id", "neg", "abs", "relu", "add", "sub", "mul", "max", "min", *SHAPE_OPS}  # exact on integers
+# Integer-only binary ops of quantized graphs; param = (a_multiplier, b_multiplier, shift, a_zero_point,
+# b_zero_point, zero_point, lo, hi): qadd's int64 arithmetic, clamped to [lo, hi] (the output dtype's range).
+QBINARY = ("qadd",)
 KINDS = ("src", "dst", "edge", "const")
 REDUCES = ("sum", "mean", "max", "min")
 
@@ -72,10 +76,13 @@ def row_shapes(program: Sequence[Instr], rows: Mapping[str, tuple[int, ...]], dt
             else:
                 check(a in rows, f"instruction {j} ({op}) references unknown value {a!r}")
                 shapes.append(rows[a])
-        check(op in INT_OK or dtype in FLOAT_DTYPES, f"edge op {op!r} needs a float dtype, got {dtype}")
-        arity = 2 if op in BINARY else 1
+        check(op in INT_OK or op in QBINARY or dtype in FLOAT_DTYPES,
+              f"edge op {op!r} needs a float dtype, got {dtype}")
+        check(op not in QBINARY or (dtype in INT_DTYPES and isinstance(param, tuple) and len(param) == 8),
+              f"edge op {op!r} needs integer operands and an 8-tuple param")
+        arity = 2 if op in BINARY or op in QBINARY else 1
         check(len(args) == arity, f"edge op {op!r} takes {arity} argument(s), got {len(args)}")
-        if op in BINARY:
+        if op in BINARY or op in QBINARY:
             out.append(broadcast_shapes(shapes[0], shapes[1]))
         elif op == "unsqueeze":
             out.append(_unsqueeze_shape(shapes[0], tuple(param)))
@@ -151,7 +158,10 @@ def run_program(program: Sequence[Instr], env: Mapping[str, np.ndarray]) -> np.n
     temps: list[np.ndarray] = []
     for op, args, param in program:
         xs = [temps[int(a[1:])] if a.startswith("t") and a[1:].isdigit() else env[a] for a in args]
-        if op in BINARY:
+        if op in QBINARY:
+            r = max(xs[0].ndim, xs[1].ndim) - 1
+            y = qadd_edge(_align(xs[0], r), _align(xs[1], r), param).astype(xs[0].dtype)
+        elif op in BINARY:
             r = max(xs[0].ndim, xs[1].ndim) - 1
             y = BINARY[op](_align(xs[0], r), _align(xs[1], r))
         elif op == "unsqueeze":
@@ -165,6 +175,14 @@ def run_program(program: Sequence[Instr], env: Mapping[str, np.ndarray]) -> np.n
             y = UNARY[op](xs[0])
         temps.append(np.asarray(y, dtype=xs[0].dtype) if np.issubdtype(xs[0].dtype, np.floating) else y)
     return temps[-1]
+
+
+def qadd_edge(a: np.ndarray, b: np.ndarray, param: Sequence[Any]) -> np.ndarray:
+    """The ``qadd`` edge op in int64 (the same arithmetic as the qadd op): ((a − za)·ma + (b − zb)·mb) rounded
+    half up by 2^shift, plus the zero point, clamped to [lo, hi]."""
+    ma, mb, shift, za, zb, zp, lo, hi = (int(v) for v in param)
+    acc = (a.astype(np.int64) - za) * ma + (b.astype(np.int64) - zb) * mb
+    return np.clip(round_shift(acc, shift) + zp, lo, hi)
 
 
 def csr_edges(indptr: np.ndarray, order: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
