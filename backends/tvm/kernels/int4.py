@@ -34,7 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from qcc.backends.tvm.kernels.int8 import MAX_K, Requant, ResidualAdd, _ceil, _epilogue, enabled  # noqa: F401
+from qcc.backends.tvm.kernels.int8 import (  # noqa: F401
+    MAX_K,
+    Requant,
+    ResidualAdd,
+    _ceil,
+    _epilogue,
+    enabled,
+    schedule_register_tile,
+)
 from qcc.errors import BackendError
 
 INTRIN = "qcc_dot_16x8_vnni_i4"
@@ -227,19 +235,7 @@ def _gemm_func(m: int, kp: int, np_: int, inputs: list[Any], a_fn: Any, out_shap
     io, ii = sch.split(i, [None, rows])
     jo, jj, ji = sch.split(j, [None, jb, 16])
     sch.reorder(io, jo, kbl, ii, jj, ji, hl, kql)
-    sch.compute_at(sch.get_sblock("A"), io)
-    sch.reverse_compute_at(sch.get_sblock("out"), jo)
-    sch.parallel(io)  # before tensorize: the block becomes opaque after
-    init = sch.decompose_reduction(blk, kbl)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, INTRIN)
-    sch.set_scope(init, 0, "local")  # compacted to the R × JB·16 tile: registers after unrolling
-    sch.unroll(ii)
-    sch.unroll(jj)
-    o_loops = sch.get_loops(sch.get_sblock("out"))
-    if out_shape[-1] % (jb * 16) == 0:
-        sch.vectorize(sch.split(o_loops[-1], [None, 16])[1])
-    return sch
+    return schedule_register_tile(sch, blk, (io, jo, ii, jj, ji), kbl, INTRIN, out_shape[-1] % (jb * 16) == 0)
 
 
 def qlinear_kernel(x_shape: tuple[int, ...], x_dtype: str, n: int, zx: int, name: str = "qlinear_vnni_w4",

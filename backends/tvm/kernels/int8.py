@@ -136,18 +136,28 @@ def _gemm_func(m: int, kp: int, np_: int, inputs: list[Any], a_fn: Any, out_shap
     jo, jj, ji = sch.split(j, [None, jb, lanes])
     ko, ki = sch.split(kk, [None, kstep])
     sch.reorder(io, jo, ko, ii, jj, ji, ki)
+    return schedule_register_tile(sch, blk, (io, jo, ii, jj, ji), ko, intrin, out_shape[-1] % (jb * lanes) == 0)
+
+
+def schedule_register_tile(sch: Any, blk: Any, loops: tuple[Any, ...], k_outer: Any, intrin: str,
+                           whole_tiles: bool) -> Any:
+    """The register-tile schedule shared by the int8 and int4 GEMMs, once the accumulator block `blk` ("C") is
+    split into `loops` = (io, jo, ii, jj, ji) with the K loop `k_outer` between jo and ii: the tile's activation
+    rows ("A") gathered per io, the epilogue ("out") run per jo tile, the accumulators initialised and kept in
+    registers, `intrin` on the 16 lanes. `whole_tiles`: the output columns are whole tiles, so the epilogue
+    vectorises without a bound predicate in the way."""
+    io, jo, ii, jj, ji = loops
     sch.compute_at(sch.get_sblock("A"), io)
     sch.reverse_compute_at(sch.get_sblock("out"), jo)
     sch.parallel(io)  # before tensorize: the block becomes opaque after
-    init = sch.decompose_reduction(blk, ko)
+    init = sch.decompose_reduction(blk, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(ji, intrin)
     sch.set_scope(init, 0, "local")  # compacted to the R × JB·16 tile: registers after unrolling
     sch.unroll(ii)
     sch.unroll(jj)
-    o_loops = sch.get_loops(sch.get_sblock("out"))
-    if out_shape[-1] % (jb * lanes) == 0:  # whole tiles: no bound predicate in the way of the vectorizer
-        sch.vectorize(sch.split(o_loops[-1], [None, 16])[1])
+    if whole_tiles:
+        sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("out"))[-1], [None, 16])[1])
     return sch
 
 
